@@ -1,0 +1,124 @@
+"""Command line: ``lastmile replay | demo | check-config | bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from monitor import __version__
+from monitor.config import ConfigError, load_config
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config_file)
+        if cfg.baseline.source == "file" and cfg.baseline.file:
+            from monitor.baselines import Baselines
+
+            Baselines.load(cfg.resolve_path(cfg.baseline.file), cfg.primary_metric)
+    except ConfigError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for path, msg in exc.problems:
+            print(f"  {path or '<root>'}: {msg}", file=sys.stderr)
+        return 1
+    from monitor.engine import detectors_per_outcome, thresholds
+
+    h, _ = thresholds(cfg)
+    print(f"{args.config_file}: ok — metrics {cfg.metrics.names}, {1 + len(cfg.slices.combinations)} slice "
+          f"combinations, {detectors_per_outcome(cfg)} detectors per outcome, alert threshold ln(ARL)={h:.2f}")
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from monitor.engine import Engine
+    from monitor.replay import replay
+    from monitor.table import slice_table
+
+    try:
+        cfg = load_config(args.config)
+        engine = Engine(cfg)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    alerts_fh = open(args.alerts_out, "w", encoding="utf-8") if args.alerts_out else None
+
+    def on_alert(alert) -> None:  # type: ignore[no-untyped-def]
+        if alerts_fh:
+            alerts_fh.write(json.dumps(alert.to_dict()) + "\n")
+        if not args.quiet:
+            print(f"[{alert.ts}] {alert.state.upper():8} {alert.kind:9} {alert.summary}", file=sys.stderr)
+
+    try:
+        alerts = replay(engine, args.files, on_alert=on_alert)
+    except FileNotFoundError as exc:
+        print(f"lastmile replay: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if alerts_fh:
+            alerts_fh.close()
+    table = slice_table(engine)
+    if args.summary_out:
+        Path(args.summary_out).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    p = table["pipeline"]
+    invalid = sum(p["invalid"].values())
+    print(f"replayed {sum(p['events'].values()):,} events ({invalid:,} invalid), {p['outcomes']:,} outcomes, "
+          f"{len(table['slices']):,} slice rows, {len(alerts)} alert transitions, {len(table['alerts'])} firing",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import run_demo
+
+    return run_demo(outcomes=args.outcomes, seed=args.seed, port=args.port, pace=args.seconds,
+                    config_path=args.config)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from monitor.bench import run_bench
+
+    return run_bench(config_path=args.config, outcomes=args.outcomes, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lastmile", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lastmile {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-config", help="validate a config and print every problem with its path")
+    p.add_argument("config_file", metavar="CFG")
+    p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("replay", help="run the engine over JSONL event files")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--config", required=True, metavar="CFG")
+    p.add_argument("--alerts-out", metavar="PATH", help="write every alert transition as JSONL")
+    p.add_argument("--summary-out", metavar="PATH", help="write the final slice table as JSON")
+    p.add_argument("--quiet", action="store_true", help="do not print alerts as they happen")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("demo", help="a seeded speech service with a last-mile incident, no servers needed")
+    p.add_argument("--config", default=None, metavar="CFG", help="default: the built-in speech config")
+    p.add_argument("--outcomes", type=int, default=300_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--port", type=int, default=9464, help="serve /metrics here while running (0: off)")
+    p.add_argument("--seconds", type=float, default=20.0, help="pace the stream over about this long (0: flat out)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("bench", help="engine throughput beside JSON decoding, and memory per slice / pending prediction")
+    p.add_argument("--config", default=None, metavar="CFG", help="default: config/asr.yaml's built-in copy")
+    p.add_argument("--outcomes", type=int, default=200_000)
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

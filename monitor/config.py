@@ -1,0 +1,323 @@
+"""Configuration: schema, defaults, loading and validation with the path of every bad key.
+
+A config is YAML. Structure and types are checked by pydantic models (unknown keys are
+errors, so a typo never silently falls back to a default); cross-field rules (a slice
+combination naming an undeclared dimension, FPR without a positive class, ...) are
+checked afterwards by :func:`semantic_problems`. :func:`load_config` raises
+:class:`ConfigError` carrying *every* problem, each as ``path: message``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+METRIC_NAMES = ("error_rate", "fpr", "fnr", "wer", "cer", "abs_error", "squared_error")
+#: metrics whose per-outcome error is naturally bounded by its units (so a cap is implied)
+BOUNDED_METRICS = {"error_rate": 1.0, "fpr": 1.0, "fnr": 1.0, "wer": 1.0, "cer": 1.0}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as ``"90s"``, ``"15m"``, ``"7d"``.
+
+    >>> parse_duration("1.5h"), parse_duration(30), parse_duration("250ms")
+    (5400.0, 30.0, 0.25)
+    """
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '15m', '7d'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration (use seconds or e.g. '90s', '15m', '12h', '7d')")
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldMap(_Strict):
+    """Where each event field is found (top-level keys of the JSON object)."""
+
+    type: str = "type"
+    id: str = "id"
+    ts: str = "ts"
+    model: str = "model"
+    tenant: str = "tenant"
+    attributes: str = "attributes"
+    output: str = "output"
+    label: str = "label"
+    errors: str = "errors"
+    units: str = "units"
+
+
+class EventsConfig(_Strict):
+    fields: FieldMap = FieldMap()
+    #: events longer than this many bytes are rejected as ``oversized``
+    max_event_bytes: int = Field(65536, ge=64)
+    #: if set, only these model names are accepted (others: ``unknown_model``)
+    models: list[str] | None = None
+    #: model name given to events that carry none; ``null`` rejects them as ``missing_model``
+    default_model: str | None = None
+    #: distinct model names accepted before new ones are rejected as ``model_limit``
+    max_models: int = Field(64, ge=1)
+    #: longest accepted string in ``output`` / ``label`` (characters)
+    max_text_chars: int = Field(20000, ge=1)
+
+
+class JoinConfig(_Strict):
+    #: a prediction (or early feedback) waits this long in event time, then expires
+    ttl: Duration = 7 * 86400.0
+    #: pending entries kept at most; the oldest is evicted (and counted) beyond it
+    max_pending: int = Field(1_000_000, ge=1)
+
+
+class TextConfig(_Strict):
+    lowercase: bool = True
+    strip_punctuation: bool = True
+    #: keep apostrophes inside words ("don't") when stripping punctuation
+    keep_apostrophes: bool = True
+
+
+class MetricsConfig(_Strict):
+    names: list[Literal["error_rate", "fpr", "fnr", "wer", "cer", "abs_error", "squared_error"]] = Field(
+        default_factory=lambda: ["error_rate"], min_length=1
+    )
+    #: the positive class of a binary classifier (string or integer); enables fpr / fnr
+    positive_class: str | int | None = None
+    text: TextConfig = TextConfig()
+    #: per-outcome error is capped at ``error_cap * units`` for the detectors
+    #: (default 1.0 for error_rate/fpr/fnr/wer/cer; required for abs_error/squared_error)
+    error_cap: float | None = Field(None, gt=0)
+    #: an outcome with more units (e.g. reference words) counts in the detectors as this
+    #: many units at its own rate; the estimates themselves always use the exact sums
+    max_units_per_outcome: float = Field(1.0, gt=0)
+
+
+class SlicesConfig(_Strict):
+    dimensions: list[str] = Field(default_factory=list)
+    #: which combinations of dimensions to track; the whole population ``[]`` is always tracked
+    combinations: list[list[str]] = Field(default_factory=list)
+    max_values_per_dimension: int = Field(200, ge=1)
+    max_slices: int = Field(20000, ge=1)
+    #: below this many outcomes a slice is "insufficient data" and never alerted on
+    min_samples: int = Field(200, ge=1)
+    #: effective number of recent outcomes in the windowed estimate (exponential decay)
+    window: int = Field(1000, ge=10)
+
+
+class ReferenceOutcomes(_Strict):
+    outcomes: int = Field(ge=10)
+
+
+class ReferenceTime(_Strict):
+    start: str | float
+    end: str | float
+
+
+class BaselineConfig(_Strict):
+    #: ``reference``: learned per slice from a reference period; ``file``: given per slice
+    source: Literal["reference", "file", "none"] = "reference"
+    file: str | None = None
+    #: for ``file``: slices the file does not list learn a reference baseline instead
+    fallback_to_reference: bool = True
+    reference: Union[ReferenceOutcomes, ReferenceTime] = ReferenceOutcomes(outcomes=1000)
+    #: a learned baseline is the reference estimate plus this many standard errors
+    #: (outcome-level, so correlated words within an utterance are respected)
+    margin_sigmas: float = Field(2.0, ge=0)
+
+
+class DecisionConfig(_Strict):
+    enabled: bool = True
+    #: absolute tolerance in metric units (e.g. 0.03 = three WER points)
+    tolerance: float = Field(0.03, ge=0)
+    #: relative tolerance as a fraction of the reference (the larger of the two applies)
+    relative_tolerance: float = Field(0.0, ge=0)
+
+
+class AlertingConfig(_Strict):
+    #: expected false alerts per million outcomes of a model, summed over all its slices,
+    #: metrics and both kinds of decision (the guarantee stated in the README)
+    false_alarms_per_million: float = Field(1.0, gt=0)
+    #: a firing alert resolves once the slice is back within this fraction of the tolerance
+    resolve_fraction: float = Field(0.5, ge=0, lt=1)
+    #: evidence needed to resolve, as an average run length (default: the firing one)
+    resolve_arl: float | None = Field(None, gt=1)
+    #: never alert on slices made of overflow (``__other__``) values
+    alert_on_overflow: bool = False
+
+
+class ModelOverride(_Strict):
+    drift: DecisionConfig | None = None
+    disparity: DecisionConfig | None = None
+    min_samples: int | None = Field(None, ge=1)
+
+
+class ReplayConfig(_Strict):
+    #: sort events by event time before processing (files may be in any order)
+    order_by_event_time: bool = True
+    batch_size: int = Field(4096, ge=1)
+
+
+class HttpConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+
+
+class Config(_Strict):
+    version: Literal[1] = 1
+    events: EventsConfig = EventsConfig()
+    join: JoinConfig = JoinConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    slices: SlicesConfig = SlicesConfig()
+    baseline: BaselineConfig = BaselineConfig()
+    drift: DecisionConfig = DecisionConfig()
+    disparity: DecisionConfig = DecisionConfig(tolerance=0.05)
+    alerting: AlertingConfig = AlertingConfig()
+    models: dict[str, ModelOverride] = Field(default_factory=dict)
+    replay: ReplayConfig = ReplayConfig()
+    http: HttpConfig = HttpConfig()
+
+    #: directory of the config file, to resolve relative paths (not a config key)
+    base_dir: str = Field(".", exclude=True)
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metrics.names[0]
+
+    def error_cap(self) -> float:
+        cap = self.metrics.error_cap
+        if cap is not None:
+            return cap
+        return max(BOUNDED_METRICS.get(name, 1.0) for name in self.metrics.names)
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``problems`` lists ``(path, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {path or '<root>'}: {msg}" for path, msg in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("ReferenceOutcomes", "ReferenceTime") or str(part).startswith(("function-", "union[")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
+    """Cross-field rules the schema cannot express."""
+    problems: list[tuple[str, str]] = []
+    dims = cfg.slices.dimensions
+    if len(set(dims)) != len(dims):
+        problems.append(("slices.dimensions", "dimensions must be distinct"))
+    for i, combo in enumerate(cfg.slices.combinations):
+        for j, dim in enumerate(combo):
+            if dim not in dims:
+                problems.append((f"slices.combinations[{i}][{j}]", f"unknown dimension {dim!r} (declared: {dims})"))
+        if len(set(combo)) != len(combo):
+            problems.append((f"slices.combinations[{i}]", "a dimension appears twice"))
+    seen: set[frozenset[str]] = set()
+    for i, combo in enumerate(cfg.slices.combinations):
+        key = frozenset(combo)
+        if key in seen:
+            problems.append((f"slices.combinations[{i}]", f"combination {combo} is listed twice"))
+        seen.add(key)
+    names = cfg.metrics.names
+    if len(set(names)) != len(names):
+        problems.append(("metrics.names", "a metric is listed twice"))
+    if ("fpr" in names or "fnr" in names) and cfg.metrics.positive_class is None:
+        problems.append(("metrics.positive_class", "fpr/fnr need the positive class of the binary classifier"))
+    if any(n in ("abs_error", "squared_error") for n in names) and cfg.metrics.error_cap is None:
+        problems.append(("metrics.error_cap", "abs_error/squared_error are unbounded: set the largest error per unit "
+                                              "the detectors should count (e.g. 10.0)"))
+    if any(n in ("wer", "cer") for n in names) and len(names) > 1:
+        problems.append(("metrics.names", "wer/cer compare texts; they cannot be mixed with other metrics"))
+    if cfg.baseline.source == "file":
+        if not cfg.baseline.file:
+            problems.append(("baseline.file", "baseline.source is 'file' but no file is given"))
+        elif not cfg.resolve_path(cfg.baseline.file).is_file():
+            problems.append(("baseline.file", f"no such file: {cfg.resolve_path(cfg.baseline.file)}"))
+    if isinstance(cfg.baseline.reference, ReferenceTime):
+        from monitor.events import parse_ts
+
+        bounds = []
+        for key in ("start", "end"):
+            try:
+                bounds.append(parse_ts(getattr(cfg.baseline.reference, key)))
+            except ValueError as exc:
+                problems.append((f"baseline.reference.{key}", str(exc)))
+        if len(bounds) == 2 and bounds[0] >= bounds[1]:
+            problems.append(("baseline.reference", "start must be before end"))
+    cap = cfg.error_cap() if not problems else 1.0
+    for path, dec in (("drift", cfg.drift), ("disparity", cfg.disparity)):
+        if dec.enabled and dec.tolerance >= cap:
+            problems.append((f"{path}.tolerance", f"must be below the error cap {cap}"))
+    for model, override in cfg.models.items():
+        if cfg.events.models is not None and model not in cfg.events.models:
+            problems.append((f"models.{model}", f"not in events.models {cfg.events.models}"))
+    if cfg.metrics.max_units_per_outcome < 1 and cfg.primary_metric in ("wer", "cer"):
+        problems.append(("metrics.max_units_per_outcome", "must be at least 1 word/character"))
+    return problems
+
+
+def parse_config(data: Any, source: str = "<config>", base_dir: str = ".") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("", f"the config must be a mapping, got {type(data).__name__}")])
+    try:
+        cfg = Config.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        problems = [(_loc_to_path(err["loc"]), err["msg"]) for err in exc.errors()]
+        raise ConfigError(source, problems) from None
+    problems = semantic_problems(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [("", f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [("", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}")]) from None
+    return parse_config(data, str(path), str(path.parent))
+
+
+def default_config() -> Config:
+    return parse_config({})

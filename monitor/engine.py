@@ -1,0 +1,236 @@
+"""The engine: events → joined outcomes → per-slice estimates → drift and disparity alerts.
+
+Data flows one way. :meth:`Engine.feed` takes raw event bytes (or decoded events), counts
+and skips invalid ones, joins predictions with feedback, scores each outcome and routes it to
+its slices; outcomes are buffered and handed to the compiled :mod:`monitor.kernel` in
+batches. Alert transitions come back in event order. Nothing here does I/O: replay, the
+demo and (later) the Kafka daemon feed it and publish what it returns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Iterable
+
+import numpy as np
+
+from monitor import kernel as K
+from monitor.alerts import Alert
+from monitor.baselines import Baselines
+from monitor.config import Config, DecisionConfig, ReferenceOutcomes, ReferenceTime
+from monitor.edetector import LAMBDAS
+from monitor.events import Decoder, Event, InvalidEvent, parse_ts
+from monitor.join import Joiner, Outcome
+from monitor.scoring import Scorer, ScoreError
+from monitor.slices import SliceIndex
+
+_OUT_CAPACITY = 4096
+_KINDS = ("drift", "disparity")
+
+
+def detectors_per_outcome(cfg: Config) -> int:
+    """How many detector increments one outcome can cause: what the false-alarm budget divides by."""
+    combos = 1 + sum(1 for c in cfg.slices.combinations if c)
+    metrics = len(cfg.metrics.names)
+    per = 0
+    if cfg.drift.enabled or any(o.drift and o.drift.enabled for o in cfg.models.values()):
+        per += combos * metrics
+    if cfg.disparity.enabled or any(o.disparity and o.disparity.enabled for o in cfg.models.values()):
+        per += (combos - 1) * metrics
+    return max(per, 1)
+
+
+def thresholds(cfg: Config) -> tuple[float, float]:
+    """(fire, resolve) thresholds h = ln(ARL) from the stated false-alarm budget.
+
+    Each detector increment may raise a false alarm with long-run frequency ≤ e^-h, and one
+    outcome causes at most ``detectors_per_outcome`` increments, so
+    ``ARL = detectors_per_outcome × 10^6 / false_alarms_per_million`` keeps the expected number
+    of false alerts per million outcomes of a model, over all its slices, within the budget.
+    """
+    arl = detectors_per_outcome(cfg) * 1e6 / cfg.alerting.false_alarms_per_million
+    resolve_arl = cfg.alerting.resolve_arl or arl
+    return math.log(arl), math.log(resolve_arl)
+
+
+class Engine:
+    def __init__(self, cfg: Config, baselines: Baselines | None = None):
+        self.cfg = cfg
+        self.decoder = Decoder(cfg.events)
+        self.joiner = Joiner(cfg.join.ttl, cfg.join.max_pending)
+        self.scorer = Scorer(cfg.metrics)
+        self.slices = SliceIndex(cfg.slices)
+        self.metrics = tuple(cfg.metrics.names)
+        if baselines is None and cfg.baseline.source == "file" and cfg.baseline.file:
+            baselines = Baselines.load(cfg.resolve_path(cfg.baseline.file), cfg.primary_metric)
+        self.baselines = baselines
+        self.events: Counter[str] = Counter()  # valid events by kind
+        self.invalid: Counter[str] = Counter()  # invalid events by reason
+        self.outcomes = 0
+        self.watermark = float("-inf")
+        self.h_fire, self.h_resolve = thresholds(cfg)
+        self.lambdas = np.array(LAMBDAS, dtype=np.float64)
+        self.params = self._params()
+        self.st, self.det = K.new_rows(0, len(LAMBDAS))
+        self._rows_ready = 0
+        self._buf_rows: list[list[int]] = []
+        self._buf_eu: list[list[tuple[float, float]]] = []
+        self._buf_ts: list[float] = []
+        self.active: dict[str, Alert] = {}  # fingerprint → firing alert
+        self._out = (np.zeros(_OUT_CAPACITY, np.int64), np.zeros(_OUT_CAPACITY, np.int64),
+                     np.zeros(_OUT_CAPACITY, np.int64), np.zeros(_OUT_CAPACITY, np.int64),
+                     np.zeros((_OUT_CAPACITY, 3), np.float64))
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _params(self) -> np.ndarray:
+        cfg = self.cfg
+        p = np.zeros(K.NPARAMS, dtype=np.float64)
+        p[K.P_CAP] = cfg.error_cap()
+        p[K.P_UMAX] = cfg.metrics.max_units_per_outcome
+        p[K.P_GAMMA] = 1.0 - 1.0 / cfg.slices.window
+        p[K.P_H] = self.h_fire
+        p[K.P_HR] = self.h_resolve
+        p[K.P_RESOLVE] = cfg.alerting.resolve_fraction
+        ref = cfg.baseline.reference
+        if cfg.baseline.source == "none" or (cfg.baseline.source == "file" and not cfg.baseline.fallback_to_reference):
+            p[K.P_REFMODE] = K.REF_NONE
+        elif isinstance(ref, ReferenceOutcomes):
+            p[K.P_REFMODE] = K.REF_OUTCOMES
+            p[K.P_REFN] = ref.outcomes
+        else:
+            assert isinstance(ref, ReferenceTime)
+            p[K.P_REFMODE] = K.REF_TIME
+            p[K.P_REFSTART] = parse_ts(ref.start)
+            p[K.P_REFEND] = parse_ts(ref.end)
+        p[K.P_SIGMAS] = cfg.baseline.margin_sigmas
+        p[K.P_DRIFT] = 1.0 if detectors_per_outcome(cfg) and (cfg.drift.enabled or self._any_override("drift")) else 0.0
+        p[K.P_DISP] = 1.0 if (cfg.disparity.enabled or self._any_override("disparity")) else 0.0
+        return p
+
+    def _any_override(self, kind: str) -> bool:
+        return any(getattr(o, kind) is not None and getattr(o, kind).enabled for o in self.cfg.models.values())
+
+    def decision(self, model: str, kind: str) -> DecisionConfig:
+        override = self.cfg.models.get(model)
+        dec = getattr(override, kind, None) if override else None
+        return dec or getattr(self.cfg, kind)
+
+    def _init_rows(self) -> None:
+        """Give every newly tracked slice its rows (one per metric) with its settings."""
+        n_metrics = len(self.metrics)
+        needed = len(self.slices) * n_metrics
+        if needed > self.st.shape[0]:
+            grow = max(needed, 2 * self.st.shape[0], 64)
+            st, det = K.new_rows(grow, len(LAMBDAS))
+            st[: self.st.shape[0]] = self.st
+            det[: self.det.shape[0]] = self.det
+            self.st, self.det = st, det
+        cfg = self.cfg
+        for sid in range(self._rows_ready // n_metrics, len(self.slices)):
+            key = self.slices.keys[sid]
+            desc = self.slices.describe(sid)
+            override = cfg.models.get(key.model)
+            drift, disp = self.decision(key.model, "drift"), self.decision(key.model, "disparity")
+            min_n = (override.min_samples if override and override.min_samples else None) or cfg.slices.min_samples
+            alertable = cfg.alerting.alert_on_overflow or not self.slices.is_overflow(sid)
+            for m, metric in enumerate(self.metrics):
+                row = self.st[sid * n_metrics + m]
+                row[K.MIN_N] = min_n
+                row[K.TOL_D] = drift.tolerance
+                row[K.REL_D] = drift.relative_tolerance
+                row[K.TOL_P] = disp.tolerance if disp.enabled else -1.0
+                row[K.REL_P] = disp.relative_tolerance
+                row[K.ALERTABLE] = 1.0 if alertable else 0.0
+                given = self.baselines.lookup(key.model, desc, metric) if self.baselines else None
+                if given is not None:
+                    row[K.BASE] = given
+                    row[K.RDONE] = 1.0
+                elif self.params[K.P_REFMODE] == K.REF_NONE:
+                    row[K.RDONE] = 1.0
+                if not drift.enabled:
+                    row[K.BASE] = math.nan
+                    row[K.RDONE] = 1.0
+        self._rows_ready = len(self.slices) * n_metrics
+
+    # ---- input -------------------------------------------------------------------------------
+    def feed(self, raw: bytes | str) -> list[Alert]:
+        """One raw event (a JSON object); invalid ones are counted by reason and skipped."""
+        try:
+            ev = self.decoder.decode(raw)
+        except InvalidEvent as exc:
+            self.invalid[exc.reason] += 1
+            return []
+        return self.feed_event(ev)
+
+    def feed_many(self, raws: Iterable[bytes | str]) -> list[Alert]:
+        alerts: list[Alert] = []
+        decode, invalid = self.decoder.decode, self.invalid
+        for raw in raws:
+            try:
+                ev = decode(raw)
+            except InvalidEvent as exc:
+                invalid[exc.reason] += 1
+                continue
+            alerts.extend(self.feed_event(ev))
+        return alerts
+
+    def feed_event(self, ev: Event) -> list[Alert]:
+        self.events[ev.kind] += 1
+        if ev.ts > self.watermark:
+            self.watermark = ev.ts
+        outcome = self.joiner.add(ev)
+        if outcome is None:
+            return []
+        return self.add_outcome(outcome)
+
+    def add_outcome(self, o: Outcome) -> list[Alert]:
+        try:
+            scores = self.scorer.score(o.output, o.label, o.errors, o.units)
+        except ScoreError:
+            self.invalid["unscorable"] += 1
+            return []
+        self.outcomes += 1
+        self._buf_rows.append(self.slices.route(o.model, o.tenant, o.attributes))
+        self._buf_eu.append(scores)
+        self._buf_ts.append(o.ts)
+        if len(self._buf_ts) >= self.cfg.replay.batch_size:
+            return self.flush()
+        return []
+
+    # ---- the batch ---------------------------------------------------------------------------
+    def flush(self) -> list[Alert]:
+        """Run the buffered outcomes through the kernel; returns the alert transitions in order."""
+        if not self._buf_ts:
+            return []
+        self._init_rows()
+        rows = np.array(self._buf_rows, dtype=np.int64)
+        eu = np.array(self._buf_eu, dtype=np.float64).reshape(len(self._buf_ts), len(self.metrics), 2)
+        ts = np.array(self._buf_ts, dtype=np.float64)
+        self._buf_rows, self._buf_eu, self._buf_ts = [], [], []
+        alerts: list[Alert] = []
+        out_i, out_row, out_kind, out_state, out_vals = self._out
+        start = 0
+        while start < len(ts):
+            n_out, start = K.process_batch(self.st, self.det, rows, eu, ts, self.params, self.lambdas, start,
+                                           out_i, out_row, out_kind, out_state, out_vals)
+            for j in range(n_out):
+                alerts.append(self._alert(int(out_row[j]), int(out_kind[j]), int(out_state[j]), out_vals[j],
+                                          float(ts[out_i[j]])))
+        return alerts
+
+    def _alert(self, row: int, kind: int, state: int, vals: np.ndarray, ts: float) -> Alert:
+        n_metrics = len(self.metrics)
+        sid, m = divmod(row, n_metrics)
+        key = self.slices.keys[sid]
+        value, reference, n = float(vals[0]), float(vals[1]), int(vals[2])
+        kind_name = _KINDS[kind]
+        dec = self.decision(key.model, kind_name)
+        tolerance = max(dec.tolerance, dec.relative_tolerance * reference)
+        alert = Alert.make(kind_name, "firing" if state else "resolved", key.model, self.slices.describe(sid),
+                           self.metrics[m], value, reference, n, ts, tolerance)
+        if state:
+            self.active[alert.fingerprint] = alert
+        else:
+            self.active.pop(alert.fingerprint, None)
+        return alert

@@ -1,0 +1,123 @@
+"""Per-outcome scoring: (output, label) → (errors, units) for each configured metric.
+
+A slice's value is always ``sum(errors) / sum(units)``: for WER that is total word edits
+over total reference words (jiwer's corpus WER), for error rate errors over outcomes.
+``units == 0`` means the outcome does not count for that metric (FPR on a positive label).
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from typing import Any, Callable
+
+from rapidfuzz.distance import Levenshtein
+
+from monitor.config import MetricsConfig, TextConfig
+
+
+_BOOL_TEXT = {"true": "1", "false": "0"}
+
+
+class ScoreError(ValueError):
+    """Output and label cannot be scored with the configured metric (counted, skipped)."""
+
+
+def make_normalizer(cfg: TextConfig) -> Callable[[str], str]:
+    """Text normalisation applied to both hypothesis and reference before WER/CER.
+
+    >>> make_normalizer(TextConfig())("  The patient's  PAIN, mild. ")
+    "the patient's pain mild"
+    """
+    punct = string.punctuation.replace("'", "") if cfg.keep_apostrophes else string.punctuation
+    table = str.maketrans({c: " " for c in punct}) if cfg.strip_punctuation else None
+    lower = cfg.lowercase
+
+    def normalize(text: str) -> str:
+        if lower:
+            text = text.lower()
+        if table is not None:
+            text = text.translate(table)
+        return " ".join(text.split())
+
+    return normalize
+
+
+def canonical_class(value: Any) -> str:
+    """Class labels compare as text: ``1``, ``1.0``, ``"1"``, ``true`` and ``"True"`` are one class.
+
+    >>> canonical_class(1.0), canonical_class(" Fraud "), canonical_class(True), canonical_class("false")
+    ('1', 'fraud', '1', '0')
+    """
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip().lower()
+    return _BOOL_TEXT.get(text, text)
+
+
+class Scorer:
+    """Scores one joined outcome for every configured metric."""
+
+    def __init__(self, cfg: MetricsConfig):
+        self.names = tuple(cfg.names)
+        self._norm = make_normalizer(cfg.text)
+        self._pos = canonical_class(cfg.positive_class) if cfg.positive_class is not None else None
+        self._fns = tuple(getattr(self, f"_{name}") for name in self.names)
+
+    def score(self, output: Any, label: Any, errors: float | None, units: float | None) -> list[tuple[float, float]]:
+        """``[(errors, units)]`` per metric, in ``names`` order.
+
+        A service's own ``errors``/``units`` replace the primary metric; metrics that need
+        output and label are then not applicable (units 0).
+        """
+        if errors is not None:
+            return [(errors, units if units is not None else 0.0)] + [(0.0, 0.0)] * (len(self.names) - 1)
+        return [fn(output, label) for fn in self._fns]
+
+    # ---- metrics ----------------------------------------------------------------------
+    def _error_rate(self, output: Any, label: Any) -> tuple[float, float]:
+        return (0.0 if canonical_class(output) == canonical_class(label) else 1.0), 1.0
+
+    def _fpr(self, output: Any, label: Any) -> tuple[float, float]:
+        if canonical_class(label) == self._pos:
+            return 0.0, 0.0
+        return (1.0 if canonical_class(output) == self._pos else 0.0), 1.0
+
+    def _fnr(self, output: Any, label: Any) -> tuple[float, float]:
+        if canonical_class(label) != self._pos:
+            return 0.0, 0.0
+        return (0.0 if canonical_class(output) == self._pos else 1.0), 1.0
+
+    def _texts(self, output: Any, label: Any) -> tuple[str, str]:
+        if not isinstance(output, str) or not isinstance(label, str):
+            raise ScoreError("wer/cer need text output and label")
+        return self._norm(output), self._norm(label)
+
+    def _wer(self, output: Any, label: Any) -> tuple[float, float]:
+        hyp, ref = self._texts(output, label)
+        ref_words = ref.split()
+        return float(Levenshtein.distance(hyp.split(), ref_words)), float(len(ref_words))
+
+    def _cer(self, output: Any, label: Any) -> tuple[float, float]:
+        hyp, ref = self._texts(output, label)
+        return float(Levenshtein.distance(hyp, ref)), float(len(ref))
+
+    @staticmethod
+    def _numbers(output: Any, label: Any) -> tuple[float, float]:
+        try:
+            o, y = float(output), float(label)
+        except (TypeError, ValueError):
+            raise ScoreError("regression metrics need numeric output and label") from None
+        if isinstance(output, bool) or isinstance(label, bool) or not (math.isfinite(o) and math.isfinite(y)):
+            raise ScoreError("regression metrics need finite numbers")
+        return o, y
+
+    def _abs_error(self, output: Any, label: Any) -> tuple[float, float]:
+        o, y = self._numbers(output, label)
+        return abs(o - y), 1.0
+
+    def _squared_error(self, output: Any, label: Any) -> tuple[float, float]:
+        o, y = self._numbers(output, label)
+        return (o - y) ** 2, 1.0
