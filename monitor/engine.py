@@ -203,11 +203,18 @@ class Engine:
         """Run the buffered outcomes through the kernel; returns the alert transitions in order."""
         if not self._buf_ts:
             return []
-        self._init_rows()
         rows = np.array(self._buf_rows, dtype=np.int64)
         eu = np.array(self._buf_eu, dtype=np.float64).reshape(len(self._buf_ts), len(self.metrics), 2)
         ts = np.array(self._buf_ts, dtype=np.float64)
         self._buf_rows, self._buf_eu, self._buf_ts = [], [], []
+        return self.process_scored(rows, eu, ts)
+
+    def process_scored(self, rows: np.ndarray, eu: np.ndarray, ts: np.ndarray) -> list[Alert]:
+        """The batch path on arrays: ``rows[i]`` from :meth:`SliceIndex.route`, ``eu[i, metric] = (errors, units)``.
+
+        Simulations with millions of outcomes use it directly; events reach it through :meth:`flush`.
+        """
+        self._init_rows()
         alerts: list[Alert] = []
         out_i, out_row, out_kind, out_state, out_vals = self._out
         start = 0

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.config import Config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def make_config(**sections: Any) -> Config:
+    """A config from keyword sections, e.g. ``make_config(slices={"dimensions": ["a"]})``."""
+    return parse_config(sections)
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT
