@@ -238,7 +238,9 @@ def test_alert_record_contract() -> None:
     for a in alerts:
         d = a.to_dict()
         assert {"kind", "state", "model", "slice", "metric", "value", "reference", "n", "ts", "fingerprint"} <= set(d)
-        assert d["slice"] == {"g": "g2"} and d["state"] == "firing" and d["n"] >= 50
+        # g2 alone changed; the population contains it (its error doubled), so it may drift too
+        allowed = [{"g": "g2"}, {}] if d["kind"] == "drift" else [{"g": "g2"}]
+        assert d["slice"] in allowed and d["state"] == "firing" and d["n"] >= 50
         assert d["value"] > d["reference"] and math.isfinite(d["value"])
     assert {a.kind for a in alerts} == {"drift", "disparity"}
-    assert len({a.fingerprint for a in alerts}) == 2
+    assert len({a.fingerprint for a in alerts}) == len(alerts)
