@@ -142,7 +142,7 @@ class Engine:
                 row[K.TOL_P] = disp.tolerance if disp.enabled else -1.0
                 row[K.REL_P] = disp.relative_tolerance
                 row[K.ALERTABLE] = 1.0 if alertable else 0.0
-                given = self.baselines.lookup(key.model, desc, metric) if self.baselines else None
+                given = self.baselines.lookup(key.model, desc, metric) if self.baselines is not None else None
                 if given is not None:
                     row[K.BASE] = given
                     row[K.RDONE] = 1.0

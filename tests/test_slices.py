@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import random
+import tracemalloc
+
+from monitor.config import SlicesConfig
+from monitor.slices import OTHER, SliceIndex
+
+
+def test_missing_attribute_is_unknown_never_imputed() -> None:
+    idx = SliceIndex(SlicesConfig(dimensions=["tenant", "accent"], combinations=[["tenant"], ["accent"]]))
+    ids = idx.route("m", None, {"other": "x"})
+    assert [idx.describe(i) for i in ids] == [{}, {"tenant": "unknown"}, {"accent": "unknown"}]
+    ids = idx.route("m", "st-marys", {"accent": "scottish"})
+    assert [idx.describe(i) for i in ids] == [{}, {"tenant": "st-marys"}, {"accent": "scottish"}]
+
+
+def test_slices_never_mix_models() -> None:
+    idx = SliceIndex(SlicesConfig(dimensions=["a"], combinations=[["a"]]))
+    assert set(idx.route("m1", None, {"a": "x"})).isdisjoint(idx.route("m2", None, {"a": "x"}))
+
+
+def test_value_cap_maps_to_other_and_counts() -> None:
+    idx = SliceIndex(SlicesConfig(dimensions=["a"], combinations=[["a"]], max_values_per_dimension=3))
+    for v in "pqrstu":
+        idx.route("m", None, {"a": v})
+    assert idx.describe(idx.route("m", None, {"a": "z"})[1]) == {"a": OTHER}
+    assert idx.value_overflow["a"] == 4
+    assert idx.describe(idx.route("m", None, {"a": "p"})[1]) == {"a": "p"}  # known values keep their slice
+
+
+def test_a_flood_of_new_values_cannot_grow_memory() -> None:
+    cfg = SlicesConfig(dimensions=["a", "b"], combinations=[["a"], ["b"], ["a", "b"]],
+                       max_values_per_dimension=50, max_slices=500)
+    idx = SliceIndex(cfg)
+    rng = random.Random(1)
+    for _ in range(2000):  # warm up to the caps
+        idx.route("m", None, {"a": str(rng.random()), "b": str(rng.random())})
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(100_000):
+        idx.route("m", None, {"a": str(rng.random()), "b": str(rng.random())})
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(idx) <= 1 + 500 + 3  # regular slices + the population + one overflow slice per combination
+    assert grown < 200_000, grown
+    assert idx.value_overflow["a"] >= 100_000
+
+
+def test_slice_cap_counts_overflowing_outcomes() -> None:
+    idx = SliceIndex(SlicesConfig(dimensions=["a"], combinations=[["a"]], max_slices=2))
+    for v in "pqrs":
+        idx.route("m", None, {"a": v})
+        idx.route("m", None, {"a": v})
+    assert [k.values for k in idx.keys] == [(), ("p",), (OTHER,)]
+    assert idx.slice_overflow == 6  # the population counts toward the cap: q, r and s overflow, twice each
