@@ -101,10 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a seeded speech service with a last-mile incident, no servers needed")
     p.add_argument("--config", default=None, metavar="CFG", help="default: the built-in speech config")
-    p.add_argument("--outcomes", type=int, default=300_000)
+    p.add_argument("--outcomes", type=int, default=200_000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--port", type=int, default=9464, help="serve /metrics here while running (0: off)")
-    p.add_argument("--seconds", type=float, default=20.0, help="pace the stream over about this long (0: flat out)")
+    p.add_argument("--seconds", type=float, default=15.0, help="pace the stream over about this long (0: flat out)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", help="engine throughput beside JSON decoding, and memory per slice / pending prediction")

@@ -164,15 +164,21 @@ class Engine:
         return self.feed_event(ev)
 
     def feed_many(self, raws: Iterable[bytes | str]) -> list[Alert]:
+        """Many raw events: the hot path, so :meth:`feed` and :meth:`feed_event` are inlined here."""
         alerts: list[Alert] = []
-        decode, invalid = self.decoder.decode, self.invalid
+        decode, invalid, events, join = self.decoder.decode, self.invalid, self.events, self.joiner.add
         for raw in raws:
             try:
                 ev = decode(raw)
             except InvalidEvent as exc:
                 invalid[exc.reason] += 1
                 continue
-            alerts.extend(self.feed_event(ev))
+            events[ev.kind] += 1
+            if ev.ts > self.watermark:
+                self.watermark = ev.ts
+            outcome = join(ev)
+            if outcome is not None:
+                alerts.extend(self.add_outcome(outcome))
         return alerts
 
     def feed_event(self, ev: Event) -> list[Alert]:

@@ -8,10 +8,12 @@ events are small tuples (cheap to keep pending in the join), not dicts.
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
-from typing import Any, NamedTuple
+from sys import intern
+from typing import Any, NamedTuple, Union
 
-import orjson
+import msgspec
 
 from monitor.config import EventsConfig
 
@@ -64,24 +66,52 @@ class Event(NamedTuple):
     units: float | None
 
 
+_MINUTES: dict[str, float] = {}  # "2026-11-24T10:00" → epoch seconds, for UTC timestamps
+
+
+def _fast_utc(text: str) -> float | None:
+    """``YYYY-MM-DDTHH:MM:SS[.fff]Z`` without building a datetime per event (the common wire format)."""
+    if len(text) < 20 or text[-1] != "Z" or text[16] != ":" or text[10] != "T":
+        return None
+    sec = text[17:-1]
+    if not (sec[:2].isdigit() and (len(sec) == 2 or (sec[2] == "." and sec[3:].isdigit()))):
+        return None
+    base = _MINUTES.get(text[:16])
+    if base is None:
+        try:
+            base = datetime.fromisoformat(text[:16] + ":00+00:00").timestamp()
+        except ValueError:
+            return None
+        if len(_MINUTES) > 10_000:
+            _MINUTES.clear()
+        _MINUTES[text[:16]] = base
+    seconds = float(sec)
+    return base + seconds if seconds < 61 else None
+
+
 def parse_ts(value: Any) -> float:
     """Epoch seconds from RFC 3339 text or a number of epoch seconds.
 
-    >>> parse_ts("2026-11-24T10:00:00.250Z"), parse_ts(1700000000)
-    (1795514400.25, 1700000000.0)
+    >>> parse_ts("2026-11-24T10:00:00.250Z"), parse_ts(1700000000), parse_ts("2026-11-24T11:00:00.250+01:00")
+    (1795514400.25, 1700000000.0, 1795514400.25)
     """
+    if type(value) is str and (fast := _fast_utc(value)) is not None:
+        return fast
     if isinstance(value, bool):
         raise ValueError("a timestamp is RFC 3339 text or epoch seconds, not a boolean")
     if isinstance(value, (int, float)):
         ts = float(value)
     elif isinstance(value, str):
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
         try:
-            dt = datetime.fromisoformat(text)
+            dt = datetime.fromisoformat(value)  # Python ≥ 3.11 reads "Z" itself
         except ValueError:
-            raise ValueError(f"{value!r} is not RFC 3339") from None
+            text = value.strip()
+            if text.endswith(("Z", "z")):
+                text = text[:-1] + "+00:00"
+            try:
+                dt = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueError(f"{value!r} is not RFC 3339") from None
         if dt.tzinfo is None:
             raise ValueError(f"{value!r} has no time zone offset")
         ts = dt.timestamp()
@@ -107,99 +137,123 @@ def _scalar_text(value: Any) -> str | None:
     raise TypeError
 
 
+_Scalar = Union[str, int, float, bool, None]
+#: where msgspec reports a type error, and the reason it is counted under
+_FIELD_REASON = {"id": "bad_id", "ts": "bad_timestamp", "model": "bad_model", "tenant": "bad_tenant",
+                 "attributes": "bad_attributes", "output": "bad_output", "label": "bad_label",
+                 "errors": "bad_errors_units", "units": "bad_errors_units", "type": "bad_type"}
+_AT = re.compile(r"at `\$\.?([A-Za-z_]*)")
+
+
+def _schema(fields: Any) -> Any:
+    """The wire schema as a msgspec Struct, with the config's field names (validated in C)."""
+    spec = [
+        ("type", Any, None),
+        ("id", Union[str, int, None], None),
+        ("ts", Union[str, float, None], None),
+        ("model", Union[str, None], None),
+        ("tenant", _Scalar, None),
+        ("attributes", Union[dict[str, _Scalar], None], None),
+        ("output", Any, None),
+        ("label", Any, None),
+        ("errors", Union[float, None], None),
+        ("units", Union[float, None], None),
+    ]
+    rename = {name: getattr(fields, name) for name, _, _ in spec}
+    return msgspec.defstruct("WireEvent", spec, rename=rename, forbid_unknown_fields=False)
+
+
 class Decoder:
     """Turns raw bytes into :class:`Event` according to the config's field mapping."""
 
     def __init__(self, cfg: EventsConfig):
         self.cfg = cfg
-        f = cfg.fields
-        self._f = (f.type, f.id, f.ts, f.model, f.tenant, f.attributes, f.output, f.label, f.errors, f.units)
+        self._wire = _schema(cfg.fields)
+        self._decode = msgspec.json.Decoder(self._wire).decode
+        self._names = {name: getattr(cfg.fields, name) for name in _FIELD_REASON}
+        self._reason_by_wire = {wire: _FIELD_REASON[name] for name, wire in self._names.items()}
         self._allowed = frozenset(cfg.models) if cfg.models is not None else None
-        self._seen_models: set[str] = set()
+        self._seen_models: dict[str, str] = {}
 
     def decode(self, raw: bytes | str) -> Event:
         if len(raw) > self.cfg.max_event_bytes:
             raise InvalidEvent("oversized", f"{len(raw)} bytes > {self.cfg.max_event_bytes}")
         try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            w = self._decode(raw)
+        except msgspec.ValidationError as exc:
+            raise self._type_error(str(exc)) from None
+        except msgspec.DecodeError as exc:
             raise InvalidEvent("bad_json", str(exc)) from None
-        if not isinstance(obj, dict):
-            raise InvalidEvent("not_an_object", type(obj).__name__)
-        return self.from_object(obj)
+        return self._check(w)
 
-    def from_object(self, obj: dict[str, Any]) -> Event:
-        f_type, f_id, f_ts, f_model, f_tenant, f_attrs, f_out, f_label, f_err, f_units = self._f
-        kind = obj.get(f_type)
+    def _type_error(self, message: str) -> InvalidEvent:
+        m = _AT.search(message)
+        if m is None or not m.group(1):
+            return InvalidEvent("not_an_object", message)
+        return InvalidEvent(self._reason_by_wire.get(m.group(1), "bad_json"), message)
+
+    def _check(self, w: Any) -> Event:
+        kind = w.type
         if kind not in ("prediction", "feedback", "outcome"):
-            raise InvalidEvent("bad_type", f"{f_type}={kind!r}")
+            raise InvalidEvent("bad_type", f"{self._names['type']}={kind!r}")
 
-        eid = obj.get(f_id)
+        eid = w.id
         if eid is None or eid == "":
             raise InvalidEvent("missing_id")
-        if isinstance(eid, str):
-            if len(eid) > 512:
-                raise InvalidEvent("bad_id", "longer than 512 characters")
-        elif isinstance(eid, int) and not isinstance(eid, bool):
+        if type(eid) is int:
             eid = str(eid)
-        else:
-            raise InvalidEvent("bad_id", f"{type(eid).__name__}")
+        elif len(eid) > 512:
+            raise InvalidEvent("bad_id", "longer than 512 characters")
 
-        raw_ts = obj.get(f_ts)
-        if raw_ts is None:
+        if w.ts is None:
             raise InvalidEvent("missing_timestamp")
         try:
-            ts = parse_ts(raw_ts)
+            ts = parse_ts(w.ts)
         except ValueError as exc:
             raise InvalidEvent("bad_timestamp", str(exc)) from None
 
-        model = obj.get(f_model)
+        model = w.model
         if model is None:
             if kind != "feedback":
                 if self.cfg.default_model is None:
                     raise InvalidEvent("missing_model")
                 model = self.cfg.default_model
-        elif not isinstance(model, str) or not model or len(model) > 200:
+        elif not model or len(model) > 200:
             raise InvalidEvent("bad_model", repr(model)[:80])
-        if model is not None and model not in self._seen_models:
-            self._admit_model(model)
+        if model is not None:
+            if model not in self._seen_models:
+                self._admit_model(model)
+            model = self._seen_models[model]  # one shared string per model
 
-        tenant = obj.get(f_tenant)
+        tenant = w.tenant
         if tenant is not None:
-            try:
-                tenant = _scalar_text(tenant)
-            except TypeError:
-                raise InvalidEvent("bad_tenant", type(tenant).__name__) from None
+            tenant = intern(tenant) if type(tenant) is str else _scalar_text(tenant)
 
-        raw_attrs = obj.get(f_attrs)
+        # interned: thousands of pending predictions share a handful of attribute values
         attrs: dict[str, str] = {}
-        if raw_attrs is not None:
-            if not isinstance(raw_attrs, dict):
-                raise InvalidEvent("bad_attributes", f"{type(raw_attrs).__name__}, not an object")
-            for key, value in raw_attrs.items():
-                try:
-                    text = _scalar_text(value)
-                except TypeError:
-                    raise InvalidEvent("bad_attributes", f"{key}: {type(value).__name__}") from None
-                if text is not None:
-                    attrs[key] = text
+        if w.attributes:
+            for key, value in w.attributes.items():
+                if type(value) is str:
+                    attrs[key] = intern(value) if len(value) <= 64 else value
+                elif value is not None:
+                    attrs[key] = _scalar_text(value)  # type: ignore[assignment]
 
         output = label = errors = units = None
-        if kind in ("feedback", "outcome"):
-            errors, units = obj.get(f_err), obj.get(f_units)
-            if errors is not None or units is not None:
-                errors, units = self._errors_units(errors, units)
-        if kind in ("prediction", "outcome"):
-            output = obj.get(f_out)
-            if output is None and errors is None:
-                raise InvalidEvent("missing_output")
-            if output is not None:
+        if kind != "prediction" and (w.errors is not None or w.units is not None):
+            errors, units = self._errors_units(w.errors, w.units)
+        if kind != "feedback":
+            output = w.output
+            if output is None:
+                if errors is None:
+                    raise InvalidEvent("missing_output")
+            else:
                 output = self._value(output, "bad_output")
-        if kind in ("feedback", "outcome"):
-            label = obj.get(f_label)
-            if label is None and errors is None:
-                raise InvalidEvent("missing_label")
-            if label is not None:
+        if kind != "prediction":
+            label = w.label
+            if label is None:
+                if errors is None:
+                    raise InvalidEvent("missing_label")
+            else:
                 label = self._value(label, "bad_label")
         return Event(kind, eid, ts, model, tenant, attrs, output, label, errors, units)
 
@@ -208,22 +262,19 @@ class Decoder:
             raise InvalidEvent("unknown_model", model)
         if len(self._seen_models) >= self.cfg.max_models:
             raise InvalidEvent("model_limit", f"more than {self.cfg.max_models} models")
-        self._seen_models.add(model)
+        self._seen_models[model] = intern(model)
 
     def _value(self, value: Any, reason: str) -> Any:
-        if isinstance(value, str):
+        if type(value) is str:
             if len(value) > self.cfg.max_text_chars:
                 raise InvalidEvent(reason, f"longer than {self.cfg.max_text_chars} characters")
             return value
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)) and math.isfinite(value):
+        if isinstance(value, (bool, int)) or (isinstance(value, float) and math.isfinite(value)):
             return value
         raise InvalidEvent(reason, type(value).__name__)
 
     @staticmethod
-    def _errors_units(errors: Any, units: Any) -> tuple[float, float]:
-        for v in (errors, units):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise InvalidEvent("bad_errors_units", f"errors={errors!r} units={units!r}")
+    def _errors_units(errors: float | None, units: float | None) -> tuple[float, float]:
+        if errors is None or units is None or errors < 0 or units < 0 or not math.isfinite(errors + units):
+            raise InvalidEvent("bad_errors_units", f"errors={errors!r} units={units!r}")
         return float(errors), float(units)

@@ -10,6 +10,7 @@ a duplicate instead of being joined twice.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
@@ -49,11 +50,7 @@ class JoinStats:
         delay = max(0.0, delay)
         self.label_delay_sum += delay
         self.label_delay_count += 1
-        for i, bound in enumerate(LABEL_DELAY_BUCKETS):
-            if delay <= bound:
-                self.label_delay_buckets[i] += 1
-                return
-        self.label_delay_buckets[-1] += 1
+        self.label_delay_buckets[bisect_left(LABEL_DELAY_BUCKETS, delay)] += 1
 
 
 def merge(prediction: Event, feedback: Event) -> Outcome:
@@ -83,6 +80,7 @@ class Joiner:
         # insertion-ordered: the front is (nearly) the oldest, so expiry pops from the front
         self._pending: dict[str, Event] = {}
         self._done: dict[str, float] = {}
+        self._next_expiry = float("-inf")  # watermark beyond which the front entries may expire
 
     @property
     def pending(self) -> int:
@@ -92,7 +90,8 @@ class Joiner:
         """Feed one event; returns the joined outcome when this event completes one."""
         if ev.ts > self.watermark:
             self.watermark = ev.ts
-            self._expire()
+            if ev.ts > self._next_expiry:
+                self._expire()
         eid = ev.id
         if eid in self._done:
             self.stats.duplicates[ev.kind] += 1
@@ -110,6 +109,8 @@ class Joiner:
                 self._pending.pop(next(iter(self._pending)))
                 self.stats.evicted += 1
             self._pending[eid] = ev
+            if ev.ts + self.ttl < self._next_expiry:
+                self._next_expiry = ev.ts + self.ttl
             return None
         if other.kind == ev.kind:
             self.stats.duplicates[ev.kind] += 1
@@ -125,26 +126,32 @@ class Joiner:
         if len(self._done) >= self.max_pending:
             self._done.pop(next(iter(self._done)))
         self._done[eid] = ts
+        if ts + self.ttl < self._next_expiry:
+            self._next_expiry = ts + self.ttl
 
     def _expire(self) -> None:
         horizon = self.watermark - self.ttl
-        pending = self._pending
+        pending, done = self._pending, self._done
+        next_expiry = float("inf")
         while pending:
             eid = next(iter(pending))
             ev = pending[eid]
             if ev.ts >= horizon:
+                next_expiry = ev.ts + self.ttl
                 break
             del pending[eid]
             if ev.kind == "prediction":
                 self.stats.expired_unlabelled += 1
             else:
                 self.stats.expired_orphan += 1
-        done = self._done
         while done:
             eid = next(iter(done))
             if done[eid] >= horizon:
+                next_expiry = min(next_expiry, done[eid] + self.ttl)
                 break
             del done[eid]
+        # entries inserted later are checked when the watermark next passes this point
+        self._next_expiry = next_expiry if next_expiry != float("inf") else self.watermark
 
     def pending_events(self) -> Iterator[Event]:
         return iter(self._pending.values())

@@ -29,18 +29,27 @@ def make_normalizer(cfg: TextConfig) -> Callable[[str], str]:
     >>> make_normalizer(TextConfig())("  The patient's  PAIN, mild. ")
     "the patient's pain mild"
     """
-    punct = string.punctuation.replace("'", "") if cfg.keep_apostrophes else string.punctuation
-    table = str.maketrans({c: " " for c in punct}) if cfg.strip_punctuation else None
-    lower = cfg.lowercase
+    words = make_tokenizer(cfg)
+    return lambda text: " ".join(words(text))
 
-    def normalize(text: str) -> str:
+
+def make_tokenizer(cfg: TextConfig) -> Callable[[str], list[str]]:
+    """Normalised words of a text; ASCII text (the common case) is translated as bytes, in C."""
+    punct = string.punctuation.replace("'", "") if cfg.keep_apostrophes else string.punctuation
+    lower = cfg.lowercase
+    if not cfg.strip_punctuation:
+        return (lambda text: text.lower().split()) if lower else (lambda text: text.split())
+    table = str.maketrans({c: " " for c in punct})
+    byte_table = bytes.maketrans(punct.encode(), b" " * len(punct))
+
+    def words(text: str) -> list[str]:
         if lower:
             text = text.lower()
-        if table is not None:
-            text = text.translate(table)
-        return " ".join(text.split())
+        if text.isascii():
+            return text.encode().translate(byte_table).decode().split()
+        return text.translate(table).split()
 
-    return normalize
+    return words
 
 
 def canonical_class(value: Any) -> str:
@@ -63,6 +72,7 @@ class Scorer:
     def __init__(self, cfg: MetricsConfig):
         self.names = tuple(cfg.names)
         self._norm = make_normalizer(cfg.text)
+        self._words = make_tokenizer(cfg.text)
         self._pos = canonical_class(cfg.positive_class) if cfg.positive_class is not None else None
         self._fns = tuple(getattr(self, f"_{name}") for name in self.names)
 
@@ -90,19 +100,20 @@ class Scorer:
             return 0.0, 0.0
         return (0.0 if canonical_class(output) == self._pos else 1.0), 1.0
 
-    def _texts(self, output: Any, label: Any) -> tuple[str, str]:
+    @staticmethod
+    def _check_texts(output: Any, label: Any) -> None:
         if not isinstance(output, str) or not isinstance(label, str):
             raise ScoreError("wer/cer need text output and label")
-        return self._norm(output), self._norm(label)
 
     def _wer(self, output: Any, label: Any) -> tuple[float, float]:
-        hyp, ref = self._texts(output, label)
-        ref_words = ref.split()
-        return float(Levenshtein.distance(hyp.split(), ref_words)), float(len(ref_words))
+        self._check_texts(output, label)
+        ref = self._words(label)
+        return float(Levenshtein.distance(self._words(output), ref)), float(len(ref))
 
     def _cer(self, output: Any, label: Any) -> tuple[float, float]:
-        hyp, ref = self._texts(output, label)
-        return float(Levenshtein.distance(hyp, ref)), float(len(ref))
+        self._check_texts(output, label)
+        ref = self._norm(label)
+        return float(Levenshtein.distance(self._norm(output), ref)), float(len(ref))
 
     @staticmethod
     def _numbers(output: Any, label: Any) -> tuple[float, float]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
-import orjson
+import msgspec
 
 from monitor.alerts import rfc3339
 
@@ -43,7 +43,7 @@ _VOCAB = ("the patient reports mild back pain since monday blood pressure is sta
 class SpeechScenario:
     outcomes: int = 200_000
     seed: int = 7
-    incident_at: float = 0.5  # fraction of the stream after which the incident starts (None: no incident)
+    incident_at: float | None = 0.5  # fraction of the stream after which the incident starts (None: no incident)
     rate_per_second: float = 20.0  # predictions per second of event time
     feedback_missing: float = 0.05
     feedback_duplicate: float = 0.01
@@ -77,33 +77,39 @@ class SpeechScenario:
         u_bad = rng.random(n)
         incident_from = int(n * self.incident_at) if self.incident_at is not None else n + 1
         ward = rng.random(n) < INCIDENT_SHARE
-        vocab = _VOCAB
+        # per-utterance true WER, then its own overdispersed rate, drawn for all utterances at once
+        noise_of = [noises[j] for j in n_idx]
+        for i in range(incident_from, n):
+            if tenants[t_idx[i]] == INCIDENT_TENANT and ward[i]:
+                noise_of[i] = INCIDENT_NOISE
+        p = np.array([self.true_wer(tenants[t_idx[i]], accents[a_idx[i]], devices[d_idx[i]], noise_of[i])
+                      for i in range(n)])
+        k = self.overdispersion
+        rates = rng.beta(p * k, (1 - p) * k)
+        offsets = np.concatenate([[0], np.cumsum(words)])
+        word_ids = rng.integers(0, len(_VOCAB), int(offsets[-1]))
+        word_draws = rng.random(int(offsets[-1]))
+        edit_kind = rng.random(int(offsets[-1]))
         heap: list[tuple[float, int, bytes]] = []
         seq = 0
         for i in range(n):
-            tenant, accent, device = tenants[t_idx[i]], accents[a_idx[i]], devices[d_idx[i]]
-            noise = noises[n_idx[i]]
-            if i >= incident_from and tenant == INCIDENT_TENANT and ward[i]:
-                noise = INCIDENT_NOISE
-            p = self.true_wer(tenant, accent, device, noise)
-            k = self.overdispersion
-            rate = rng.beta(p * k, (1 - p) * k)
-            ref_words = [vocab[j] for j in rng.integers(0, len(vocab), words[i])]
-            hyp = _corrupt(ref_words, rate, rng)
+            lo, hi = offsets[i], offsets[i + 1]
+            ref_words = [_VOCAB[j] for j in word_ids[lo:hi]]
+            hyp = _corrupt(ref_words, float(rates[i]), word_draws[lo:hi], edit_kind[lo:hi])
             uid = f"utt-{self.seed}-{i:08d}"
             t = float(ts[i])
-            pred = {"type": "prediction", "id": uid, "ts": rfc3339(t), "model": self.model, "tenant": tenant,
-                    "attributes": {"accent": accent, "device": device, "noise": noise},
-                    "output": " ".join(hyp), "score": round(float(1 - rate), 3)}
+            pred = {"type": "prediction", "id": uid, "ts": rfc3339(t), "model": self.model, "tenant": tenants[t_idx[i]],
+                    "attributes": {"accent": accents[a_idx[i]], "device": devices[d_idx[i]], "noise": noise_of[i]},
+                    "output": " ".join(hyp), "score": round(float(1 - rates[i]), 3)}
             while heap and heap[0][0] <= t:
                 yield heapq.heappop(heap)[2]
-            yield orjson.dumps(pred)
+            yield msgspec.json.encode(pred)
             if u_bad[i] < self.malformed:
                 yield _MALFORMED[i % len(_MALFORMED)]
             if u_fb[i] < self.feedback_missing:
                 continue
             fb_ts = t + float(delays[i])
-            fb = orjson.dumps({"type": "feedback", "id": uid, "ts": fb_ts, "label": " ".join(ref_words)})
+            fb = msgspec.json.encode({"type": "feedback", "id": uid, "ts": fb_ts, "label": " ".join(ref_words)})
             heapq.heappush(heap, (fb_ts, seq, fb))
             seq += 1
             if u_fb[i] > 1 - self.feedback_duplicate:
@@ -113,11 +119,9 @@ class SpeechScenario:
             yield heapq.heappop(heap)[2]
 
 
-def _corrupt(words: list[str], rate: float, rng: np.random.Generator) -> list[str]:
+def _corrupt(words: list[str], rate: float, draws: np.ndarray, kinds: np.ndarray) -> list[str]:
     """Apply substitutions, deletions and insertions at ``rate`` per reference word."""
     out: list[str] = []
-    draws = rng.random(len(words))
-    kinds = rng.random(len(words))
     for w, d, k in zip(words, draws, kinds):
         if d >= rate:
             out.append(w)

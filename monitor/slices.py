@@ -38,7 +38,9 @@ class SliceIndex:
         self.keys: list[SliceKey] = []
         self._ids: dict[SliceKey, int] = {}
         self._values: dict[tuple[str, int], set[str]] = {}
-        self._routes: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        # (model, tenant, *attribute values as they arrived) → slice ids: one dict lookup per outcome
+        self._routes: dict[tuple[str | None, ...], list[int]] = {}
+        self._attr_dims = self.dimensions  # "tenant" too: it may come from attributes when the field is absent
         self.value_overflow: Counter[str] = Counter()  # dimension → outcomes mapped to __other__
         self.slice_overflow = 0  # outcomes whose slice was over the cap
         self._regular = 0  # slices created within the cap
@@ -59,21 +61,21 @@ class SliceIndex:
 
     def route(self, model: str, tenant: str | None, attributes: dict[str, str]) -> list[int]:
         """Slice ids of every tracked combination for this outcome, population first."""
+        get = attributes.get
+        ids = self._routes.get((model, tenant, *[get(d) for d in self._attr_dims]))
+        if ids is not None:
+            return ids
         values = []
         for dim in self.dimensions:
             v = tenant if dim == "tenant" and tenant is not None else attributes.get(dim)
             values.append(UNKNOWN if v is None or v == "" else v)
-        raw = (model, tuple(values))
-        ids = self._routes.get(raw)
-        if ids is not None:
-            return ids
         overflow_before = self.slice_overflow
         capped = tuple(self._cap_value(model, i, v) for i, v in enumerate(values))
         ids = [self._slice_id(model, ci, tuple(capped[d] for d in combo)) for ci, combo in enumerate(self.combos)]
         overflowed = OTHER in capped or self.slice_overflow != overflow_before
         if not overflowed and len(self._routes) < _ROUTE_CACHE_MAX:
             # overflowed routes are recomputed each time so overflow stays counted per outcome
-            self._routes[raw] = ids
+            self._routes[(model, tenant, *[get(d) for d in self._attr_dims])] = ids
         return ids
 
     def _cap_value(self, model: str, dim: int, value: str) -> str:

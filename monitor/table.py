@@ -87,6 +87,7 @@ def slice_table(engine: Engine) -> dict[str, Any]:
                 "evicted": j.evicted,
                 "duplicates": dict(j.duplicates),
                 "label_delay_seconds_mean": (j.label_delay_sum / j.label_delay_count) if j.label_delay_count else None,
+                "label_delay_histogram": {"buckets": list(j.label_delay_buckets), "sum": j.label_delay_sum},
             },
             "slices": {
                 "tracked": len(engine.slices),

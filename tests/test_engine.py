@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import jiwer
 import numpy as np
-import orjson
+import msgspec
 import pytest
 
 from monitor.baselines import Baselines
@@ -60,7 +60,7 @@ ASR = dict(metrics={"names": ["wer"]},
 
 
 def write(path, events) -> None:
-    path.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    path.write_bytes(b"\n".join(msgspec.json.encode(e) for e in events) + b"\n")
 
 
 def test_oracle_wer_per_slice(tmp_path) -> None:
@@ -150,7 +150,7 @@ MALFORMED = [
 
 def test_malformed_lines_change_nothing_valid(tmp_path) -> None:
     events, _ = speech_events(2000, seed=3)
-    valid = [orjson.dumps(e) for e in events]
+    valid = [msgspec.json.encode(e) for e in events]
     write_lines = lambda p, lines: p.write_bytes(b"\n".join(lines) + b"\n")  # noqa: E731
     write_lines(tmp_path / "valid.jsonl", valid)
     rng = random.Random(9)
@@ -215,7 +215,7 @@ def test_insufficient_data_is_reported_and_never_alerted() -> None:
     for i in range(400):
         g = "small" if i % 4 == 0 else "big"
         bad = rng.random() < (0.1 if i < 100 or g == "big" else 0.9)
-        engine.feed(orjson.dumps({"type": "outcome", "id": i, "ts": T0 + i, "model": "m", "attributes": {"g": g},
+        engine.feed(msgspec.json.encode({"type": "outcome", "id": i, "ts": T0 + i, "model": "m", "attributes": {"g": g},
                                   "output": "x", "label": "y" if bad else "x"}))
     assert engine.flush() == []
     statuses = {r["slice"].get("g"): r["status"] for r in slice_table(engine)["slices"]}
@@ -231,7 +231,7 @@ def test_alert_record_contract() -> None:
     for i in range(6000):
         g = f"g{i % 5}"
         p = 0.6 if (g == "g2" and i > 2000) else 0.1
-        alerts += engine.feed(orjson.dumps({"type": "outcome", "id": i, "ts": T0 + i, "model": "m",
+        alerts += engine.feed(msgspec.json.encode({"type": "outcome", "id": i, "ts": T0 + i, "model": "m",
                                             "attributes": {"g": g}, "output": 1, "label": int(rng.random() >= p)}))
     alerts += engine.flush()
     assert alerts

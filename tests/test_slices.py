@@ -54,3 +54,11 @@ def test_slice_cap_counts_overflowing_outcomes() -> None:
         idx.route("m", None, {"a": v})
     assert [k.values for k in idx.keys] == [(), ("p",), (OTHER,)]
     assert idx.slice_overflow == 6  # the population counts toward the cap: q, r and s overflow, twice each
+
+
+def test_tenant_may_come_from_attributes() -> None:
+    idx = SliceIndex(SlicesConfig(dimensions=["tenant"], combinations=[["tenant"]]))
+    a = idx.route("m", None, {"tenant": "x"})
+    b = idx.route("m", None, {"tenant": "y"})
+    c = idx.route("m", "y", {})
+    assert a != b and b == c
