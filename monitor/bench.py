@@ -157,7 +157,7 @@ def run_bench(config_path: str | None = None, outcomes: int = 200_000, seed: int
     per_pending, n_pending = memory_per_pending(cfg, lines)
     print("\nmemory (tracemalloc)", file=out)
     print(f"  per tracked slice      {per_slice:>7,.0f} bytes  ({n_slices:,} slices, "
-          f"{len(cfg.metrics.names)} metric(s), estimates + 4 detectors × 8 λ)", file=out)
+          f"{len(cfg.metrics.names)} metric(s), estimates + 4 detectors × 10 λ)", file=out)
     print(f"  per pending prediction {per_pending:>7,.0f} bytes  ({n_pending:,} pending, ~{scenario_words(lines)} "
           f"words of output text each)", file=out)
     return 0

@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-#: λ grid: 0.8 covers huge jumps, 2^-7 changes of about 1% of the boundary rate
-LAMBDAS: tuple[float, ...] = (0.8, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125)
+#: λ grid: 0.97 covers huge jumps (and short utterances against a long bound U), 2^-7 changes of about 1%
+LAMBDAS: tuple[float, ...] = (0.97, 0.88, 0.7, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125)
 
 
 def log_mean_exp(values: Sequence[float]) -> float:
