@@ -11,11 +11,11 @@ import gzip
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from monitor.alerts import Alert
 from monitor.engine import Engine
-from monitor.events import InvalidEvent
+from monitor.events import Event, InvalidEvent
 
 
 def _lines(paths: list[Path], progress: bool) -> Iterator[bytes]:
@@ -24,7 +24,7 @@ def _lines(paths: list[Path], progress: bool) -> Iterator[bytes]:
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc="replay", file=sys.stderr, leave=False)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="read", file=sys.stderr, leave=False)
     try:
         for path in paths:
             with open(path, "rb") as raw:
@@ -72,7 +72,13 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
             except InvalidEvent as exc:
                 engine.invalid[exc.reason] += 1
         decoded.sort(key=lambda ev: ev.ts)  # stable: ties keep file order
-        for ev in decoded:
+        ordered: Iterable[Event] = decoded
+        if progress:
+            from tqdm import tqdm
+
+            ordered = tqdm(decoded, desc="process", unit="ev", unit_scale=True, file=sys.stderr, leave=False,
+                           mininterval=0.25)
+        for ev in ordered:
             emit(engine.feed_event(ev))
     else:
         for line in _lines(files, progress):
