@@ -24,6 +24,10 @@ test-fast: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/lastmile bench
+	$(BIN)/python -m tests.bench.statistics
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check monitor tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

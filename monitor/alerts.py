@@ -56,7 +56,7 @@ class Alert:
 
     @staticmethod
     def make(kind: str, state: str, model: str, slice_: dict[str, str], metric: str, value: float,
-             reference: float, n: int, ts: float, tolerance: float) -> "Alert":
+             reference: float, n: int, ts: float, tolerance: float) -> Alert:
         title = _METRIC_TITLES.get(metric, metric)
         against = "its baseline" if kind == "drift" else "the rest"
         where = describe_slice(slice_)

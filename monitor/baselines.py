@@ -43,7 +43,7 @@ class Baselines:
         return len(self._entries)
 
     @classmethod
-    def load(cls, path: Path, default_metric: str) -> "Baselines":
+    def load(cls, path: Path, default_metric: str) -> Baselines:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
             parsed = _File.model_validate(data)

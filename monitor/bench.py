@@ -16,7 +16,8 @@ import gc
 import json
 import time
 import tracemalloc
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import msgspec
 import numpy as np

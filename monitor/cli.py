@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from monitor import __version__
+from monitor.alerts import Alert
 from monitor.config import ConfigError, load_config
 
 
@@ -42,22 +44,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    alerts_fh = open(args.alerts_out, "w", encoding="utf-8") if args.alerts_out else None
+    with open(args.alerts_out, "w", encoding="utf-8") if args.alerts_out else nullcontext() as alerts_fh:
 
-    def on_alert(alert) -> None:  # type: ignore[no-untyped-def]
-        if alerts_fh:
-            alerts_fh.write(json.dumps(alert.to_dict()) + "\n")
-        if not args.quiet:
-            print(f"[{alert.ts}] {alert.state.upper():8} {alert.kind:9} {alert.summary}", file=sys.stderr)
+        def on_alert(alert: Alert) -> None:
+            if alerts_fh:
+                alerts_fh.write(json.dumps(alert.to_dict()) + "\n")
+            if not args.quiet:
+                print(f"[{alert.ts}] {alert.state.upper():8} {alert.kind:9} {alert.summary}", file=sys.stderr)
 
-    try:
-        alerts = replay(engine, args.files, on_alert=on_alert)
-    except FileNotFoundError as exc:
-        print(f"lastmile replay: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if alerts_fh:
-            alerts_fh.close()
+        try:
+            alerts = replay(engine, args.files, on_alert=on_alert)
+        except FileNotFoundError as exc:
+            print(f"lastmile replay: {exc}", file=sys.stderr)
+            return 2
     table = slice_table(engine)
     if args.summary_out:
         Path(args.summary_out).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")

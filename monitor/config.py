@@ -276,11 +276,11 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
                 problems.append((f"baseline.reference.{key}", str(exc)))
         if len(bounds) == 2 and bounds[0] >= bounds[1]:
             problems.append(("baseline.reference", "start must be before end"))
-    cap = cfg.error_cap() if not problems else 1.0
+    cap = cfg.error_cap()
     for path, dec in (("drift", cfg.drift), ("disparity", cfg.disparity)):
         if dec.enabled and dec.tolerance >= cap:
             problems.append((f"{path}.tolerance", f"must be below the error cap {cap}"))
-    for model, override in cfg.models.items():
+    for model in cfg.models:
         if cfg.events.models is not None and model not in cfg.events.models:
             problems.append((f"models.{model}", f"not in events.models {cfg.events.models}"))
     if cfg.metrics.max_units_per_outcome < 1 and cfg.primary_metric in ("wer", "cer"):

@@ -24,7 +24,7 @@ the one-stream reference it is tested against, and the yardstick helpers live be
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 #: λ grid: 0.97 covers huge jumps (and short utterances against a long bound U), 2^-7 changes of about 1%
 LAMBDAS: tuple[float, ...] = (0.97, 0.88, 0.7, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class Engine:
             p[K.P_REFSTART] = parse_ts(ref.start)
             p[K.P_REFEND] = parse_ts(ref.end)
         p[K.P_SIGMAS] = cfg.baseline.margin_sigmas
-        p[K.P_DRIFT] = 1.0 if detectors_per_outcome(cfg) and (cfg.drift.enabled or self._any_override("drift")) else 0.0
+        p[K.P_DRIFT] = 1.0 if (cfg.drift.enabled or self._any_override("drift")) else 0.0
         p[K.P_DISP] = 1.0 if (cfg.disparity.enabled or self._any_override("disparity")) else 0.0
         return p
 
@@ -156,12 +156,7 @@ class Engine:
     # ---- input -------------------------------------------------------------------------------
     def feed(self, raw: bytes | str) -> list[Alert]:
         """One raw event (a JSON object); invalid ones are counted by reason and skipped."""
-        try:
-            ev = self.decoder.decode(raw)
-        except InvalidEvent as exc:
-            self.invalid[exc.reason] += 1
-            return []
-        return self.feed_event(ev)
+        return self.feed_many((raw,))
 
     def feed_many(self, raws: Iterable[bytes | str]) -> list[Alert]:
         """Many raw events: the hot path, so :meth:`feed` and :meth:`feed_event` are inlined here."""

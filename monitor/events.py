@@ -142,7 +142,7 @@ _Scalar = Union[str, int, float, bool, None]
 _FIELD_REASON = {"id": "bad_id", "ts": "bad_timestamp", "model": "bad_model", "tenant": "bad_tenant",
                  "attributes": "bad_attributes", "output": "bad_output", "label": "bad_label",
                  "errors": "bad_errors_units", "units": "bad_errors_units", "type": "bad_type"}
-_AT = re.compile(r"at `\$\.?([A-Za-z_]*)")
+_AT = re.compile(r"at `\$\.?([^\[`]*)")  # the top-level field msgspec names in "... - at `$.field[...]`"
 
 
 def _schema(fields: Any) -> Any:

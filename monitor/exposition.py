@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -65,7 +66,8 @@ def _slice_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
         "lower": GaugeMetricFamily("lastmile_slice_error_ratio_lower", "Lower bound of the windowed estimate's 95% interval."),
         "upper": GaugeMetricFamily("lastmile_slice_error_ratio_upper", "Upper bound of the windowed estimate's 95% interval."),
         "baseline": GaugeMetricFamily("lastmile_slice_baseline_ratio", "The slice's baseline (given or learned)."),
-        "insufficient": GaugeMetricFamily("lastmile_slice_insufficient_data", "1 while the slice has fewer outcomes than min_samples."),
+        "insufficient": GaugeMetricFamily("lastmile_slice_insufficient_data",
+                                          "1 while the slice has fewer outcomes than min_samples."),
         "alert": GaugeMetricFamily("lastmile_slice_alert_firing", "1 while a drift/disparity alert fires for the slice."),
     }
     for row in rows:

@@ -23,7 +23,8 @@ import tempfile
 
 if "NUMBA_CACHE_DIR" not in os.environ:  # a read-only install still gets a compile cache
     _home = os.path.expanduser("~")
-    _base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(_home, ".cache") if os.access(_home, os.W_OK) else tempfile.gettempdir())
+    _writable_home = os.access(_home, os.W_OK)
+    _base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(_home, ".cache") if _writable_home else tempfile.gettempdir())
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(_base, "lastmile-numba")
 
 import numba  # noqa: E402

@@ -11,7 +11,7 @@ import gzip
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from monitor.alerts import Alert
 from monitor.engine import Engine

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import string
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from rapidfuzz.distance import Levenshtein
 

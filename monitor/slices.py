@@ -32,7 +32,7 @@ class SliceIndex:
         self.cfg = cfg
         self.dimensions: tuple[str, ...] = tuple(cfg.dimensions)
         order = {d: i for i, d in enumerate(self.dimensions)}
-        combos = [tuple(sorted((order[d] for d in combo))) for combo in cfg.combinations]
+        combos = [tuple(sorted(order[d] for d in combo)) for combo in cfg.combinations]
         #: dimension indices of each tracked combination; combination 0 is ``{}``
         self.combos: tuple[tuple[int, ...], ...] = ((),) + tuple(c for c in combos if c)
         self.keys: list[SliceKey] = []

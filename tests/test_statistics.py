@@ -81,7 +81,6 @@ def test_detection_delay_within_twice_the_oracle_cusum(p1: float) -> None:
     delays = []
     for seed in range(seeds):
         engine = boundary_engine(p0)
-        engine.cfg.slices.min_samples  # default budget: false_alarms_per_million = 1
         routes = grid_routes(engine, 10, 10)
         run_stream(engine, routes, 60_000, seed, lambda c, t: np.full(c.shape, p0))
         sid = engine.slices._ids[next(k for k in engine.slices.keys if k.combo == 1 and k.values == ("a3",))]
