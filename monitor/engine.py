@@ -34,7 +34,8 @@ def detectors_per_outcome(cfg: Config) -> int:
     combos = 1 + sum(1 for c in cfg.slices.combinations if c)
     metrics = len(cfg.metrics.names)
     per = 0
-    if cfg.drift.enabled or any(o.drift and o.drift.enabled for o in cfg.models.values()):
+    drift = cfg.drift.enabled or any(o.drift and o.drift.enabled for o in cfg.models.values())
+    if drift and cfg.baseline.source != "none":
         per += combos * metrics
     if cfg.disparity.enabled or any(o.disparity and o.disparity.enabled for o in cfg.models.values()):
         per += (combos - 1) * metrics
@@ -104,7 +105,8 @@ class Engine:
             p[K.P_REFSTART] = parse_ts(ref.start)
             p[K.P_REFEND] = parse_ts(ref.end)
         p[K.P_SIGMAS] = cfg.baseline.margin_sigmas
-        p[K.P_DRIFT] = 1.0 if (cfg.drift.enabled or self._any_override("drift")) else 0.0
+        drift = (cfg.drift.enabled or self._any_override("drift")) and cfg.baseline.source != "none"
+        p[K.P_DRIFT] = 1.0 if drift else 0.0
         p[K.P_DISP] = 1.0 if (cfg.disparity.enabled or self._any_override("disparity")) else 0.0
         return p
 

@@ -164,7 +164,8 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row,
                     )
                     if done:
                         st[r, RDONE] = 1.0
-                        if st[r, RU] > 0.0 and st[r, RN] >= st[r, MIN_N]:
+                        enough = refmode == REF_OUTCOMES or st[r, RN] >= st[r, MIN_N]  # a time range may be thin
+                        if st[r, RU] > 0.0 and enough:
                             rate = st[r, RE] / st[r, RU]
                             ss = st[r, RE2] - 2.0 * rate * st[r, REU] + rate * rate * st[r, RU2]
                             se = np.sqrt(max(ss, 0.0)) / st[r, RU]

@@ -244,3 +244,36 @@ def test_alert_record_contract() -> None:
         assert d["value"] > d["reference"] and math.isfinite(d["value"])
     assert {a.kind for a in alerts} == {"drift", "disparity"}
     assert len({a.fingerprint for a in alerts}) == len(alerts)
+
+
+def test_reference_period_by_time_learns_each_slice_its_baseline() -> None:
+    cfg = make_config(slices={"dimensions": ["g"], "combinations": [["g"]], "min_samples": 50},
+                      baseline={"reference": {"start": T0, "end": T0 + 1000}, "margin_sigmas": 0.0},
+                      drift={"tolerance": 0.05}, disparity={"enabled": False})
+    engine = Engine(cfg)
+    rng = np.random.default_rng(3)
+    alerts = []
+    for i in range(4000):
+        g = "a" if i % 2 else "b"
+        p = 0.1 if g == "a" else 0.3
+        if g == "a" and i > 2500:
+            p = 0.4  # a drifts after the reference period
+        alerts += engine.feed(msgspec.json.encode({"type": "outcome", "id": i, "ts": T0 + i, "model": "m",
+                                                   "attributes": {"g": g}, "output": 0, "label": int(rng.random() < p)}))
+    alerts += engine.flush()
+    rows = {r["slice"].get("g"): r for r in slice_table(engine)["slices"]}
+    assert rows["a"]["baseline"] == pytest.approx(0.1, abs=0.04) and rows["b"]["baseline"] == pytest.approx(0.3, abs=0.06)
+    # a's rate quadrupled, so the population (half of it a) rose 15 points too; b never drifts
+    assert sorted((tuple(a.slice.items()), a.state) for a in alerts if a.kind == "drift") == [
+        ((), "firing"), ((("g", "a"),), "firing")]
+
+
+def test_no_baseline_means_no_drift_and_no_drift_budget() -> None:
+    from monitor.engine import detectors_per_outcome
+
+    cfg = make_config(slices={"dimensions": ["g"], "combinations": [["g"]]}, baseline={"source": "none"})
+    assert detectors_per_outcome(cfg) == 1  # only the disparity detector of [g]
+    engine = Engine(cfg)
+    engine.feed(msgspec.json.encode({"type": "outcome", "id": 1, "ts": T0, "model": "m", "output": 0, "label": 1}))
+    engine.flush()
+    assert all(r["baseline"] is None for r in slice_table(engine)["slices"])
