@@ -277,3 +277,32 @@ def test_no_baseline_means_no_drift_and_no_drift_budget() -> None:
     engine.feed(msgspec.json.encode({"type": "outcome", "id": 1, "ts": T0, "model": "m", "output": 0, "label": 1}))
     engine.flush()
     assert all(r["baseline"] is None for r in slice_table(engine)["slices"])
+
+
+def test_per_model_overrides() -> None:
+    cfg = make_config(slices={"min_samples": 10}, baseline={"reference": {"outcomes": 2000}},
+                      models={"strict": {"drift": {"tolerance": 0.01}}, "quiet": {"drift": {"enabled": False}}})
+    engine = Engine(cfg)
+    rng = np.random.default_rng(8)
+    alerts = []
+    for i in range(6000):
+        for model in ("strict", "quiet"):
+            p = 0.1 if i < 3000 else 0.14  # +4 points: beyond 0.01, within the default 0.03 + margin
+            alerts += engine.feed(msgspec.json.encode({"type": "outcome", "id": f"{model}-{i}", "ts": T0 + i,
+                                                       "model": model, "output": 0, "label": int(rng.random() < p)}))
+    alerts += engine.flush()
+    assert {a.model for a in alerts if a.kind == "drift"} == {"strict"}
+
+
+def test_bad_baseline_file_is_reported_with_paths(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    (tmp_path / "b.yaml").write_text("baselines:\n  - slice: {accent: scottish}\n    value: -0.1\n  - valu: 0.2\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text((ROOT / "config" / "asr.yaml").read_text().replace("source: reference", "source: file\n  file: b.yaml"))
+    run = subprocess.run([sys.executable, "-m", "monitor", "check-config", str(cfg)], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert "baselines[0].value" in run.stderr and "baselines[1].valu" in run.stderr
