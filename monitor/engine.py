@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -228,6 +229,47 @@ class Engine:
                 alerts.append(self._alert(int(out_row[j]), int(out_kind[j]), int(out_state[j]), out_vals[j],
                                           float(ts[out_i[j]])))
         return alerts
+
+    # ---- checkpointing -------------------------------------------------------------------------
+    def layout(self) -> dict[str, Any]:
+        """What the state's shape depends on; a checkpoint only loads into the same layout."""
+        return {"metrics": list(self.metrics), "dimensions": list(self.slices.dimensions),
+                "combinations": [list(c) for c in self.slices.combos], "lambdas": list(LAMBDAS),
+                "fields": K.NFIELDS}
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Everything needed to continue exactly where this engine is: plain data and arrays.
+
+        Buffered outcomes must have been flushed (their alerts handed out) first.
+        """
+        if self._buf_ts:
+            raise RuntimeError("flush() before taking the engine's state")
+        self._init_rows()
+        n = self._rows_ready
+        data = {
+            "layout": self.layout(),
+            "models": list(self.decoder.seen_models()),
+            "events": dict(self.events), "invalid": dict(self.invalid), "outcomes": self.outcomes,
+            "watermark": self.watermark, "rows": n,
+            "active": [a.to_dict() for a in self.active.values()],
+            "join": self.joiner.state(), "slices": self.slices.state(),
+        }
+        return data, {"st": self.st[:n].copy(), "det": self.det[:n].copy()}
+
+    def restore(self, data: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        if data["layout"] != self.layout():
+            raise ValueError(f"the checkpoint was taken with metrics/slices {data['layout']}, the config now has "
+                             f"{self.layout()}: they must match to continue (see README, 'Checkpoints')")
+        self.decoder.admit(data["models"])
+        self.events, self.invalid = Counter(data["events"]), Counter(data["invalid"])
+        self.outcomes, self.watermark = data["outcomes"], data["watermark"]
+        self.joiner.restore(data["join"])
+        self.slices.restore(data["slices"])
+        n = data["rows"]
+        self.st, self.det = K.new_rows(max(n, 64), len(LAMBDAS))
+        self.st[:n], self.det[:n] = arrays["st"], arrays["det"]
+        self._rows_ready = n
+        self.active = {a["fingerprint"]: Alert(**a) for a in data["active"]}
 
     def _alert(self, row: int, kind: int, state: int, vals: np.ndarray, ts: float) -> Alert:
         n_metrics = len(self.metrics)

@@ -257,6 +257,14 @@ class Decoder:
                 label = self._value(label, "bad_label")
         return Event(kind, eid, ts, model, tenant, attrs, output, label, errors, units)
 
+    def seen_models(self) -> list[str]:
+        return list(self._seen_models)
+
+    def admit(self, models: list[str]) -> None:
+        """Models already accepted (restored from a checkpoint) keep their place under the cap."""
+        for model in models:
+            self._seen_models[model] = intern(model)
+
     def _admit_model(self, model: str) -> None:
         if self._allowed is not None and model not in self._allowed:
             raise InvalidEvent("unknown_model", model)

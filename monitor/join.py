@@ -11,8 +11,8 @@ a duplicate instead of being joined twice.
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
 from collections.abc import Iterator
 
 from monitor.events import Event
@@ -156,3 +156,16 @@ class Joiner:
 
     def pending_events(self) -> Iterator[Event]:
         return iter(self._pending.values())
+
+    # ---- checkpointing: plain data only (lists, dicts, numbers, strings) ----------------------
+    def state(self) -> dict[str, Any]:
+        return {"watermark": self.watermark, "next_expiry": self._next_expiry,
+                "pending": [list(ev) for ev in self._pending.values()],
+                "done": [[k, v] for k, v in self._done.items()], "stats": asdict(self.stats)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.watermark = state["watermark"]
+        self._next_expiry = state["next_expiry"]
+        self._pending = {ev[1]: Event(*ev) for ev in state["pending"]}
+        self._done = {k: v for k, v in state["done"]}
+        self.stats = JoinStats(**state["stats"])

@@ -12,7 +12,7 @@ a flood of new values cannot grow memory (or, later, Prometheus series) without 
 from __future__ import annotations
 
 from collections import Counter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from monitor.config import SlicesConfig
 from monitor.events import UNKNOWN
@@ -47,6 +47,22 @@ class SliceIndex:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    # ---- checkpointing (the route cache is rebuilt on demand) ----------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"keys": [[k.model, k.combo, list(k.values)] for k in self.keys],
+                "values": [[m, d, sorted(v)] for (m, d), v in self._values.items()],
+                "value_overflow": dict(self.value_overflow), "slice_overflow": self.slice_overflow,
+                "regular": self._regular}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.keys = [SliceKey(m, c, tuple(v)) for m, c, v in state["keys"]]
+        self._ids = {k: i for i, k in enumerate(self.keys)}
+        self._values = {(m, d): set(v) for m, d, v in state["values"]}
+        self.value_overflow = Counter(state["value_overflow"])
+        self.slice_overflow = state["slice_overflow"]
+        self._regular = state["regular"]
+        self._routes = {}
 
     def describe(self, sid: int) -> dict[str, str]:
         key = self.keys[sid]
