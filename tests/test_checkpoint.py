@@ -27,7 +27,7 @@ def test_restore_continues_exactly(tmp_path) -> None:
 
     store = CheckpointStore(tmp_path)
     cuts = sorted(random.Random(1).sample(range(1, len(lines)), 4)) + [len(lines)]
-    got, start, offsets = [], 0, {}
+    got, start = [], 0
     current = engine()
     for cut in cuts:
         got += current.feed_many(lines[start:cut]) + current.flush()
