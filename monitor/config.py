@@ -9,7 +9,9 @@ checked afterwards by :func:`semantic_problems`. :func:`load_config` raises
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -178,6 +180,43 @@ class HttpConfig(_Strict):
     port: int = Field(9464, ge=0, le=65535)
 
 
+class TopicsConfig(_Strict):
+    predictions: str | None = "predictions"
+    feedback: str | None = "feedback"
+    outcomes: str | None = None
+
+
+class InvalidLimitConfig(_Strict):
+    #: stop (with a clear error) when more than this fraction of the last ``window`` events is invalid
+    ratio: float = Field(0.9, gt=0, le=1)
+    window: int = Field(1000, ge=1)
+
+
+class KafkaConfig(_Strict):
+    bootstrap_servers: str | list[str] = "localhost:9092"
+    group_id: str = "lastmile"
+    topics: TopicsConfig = TopicsConfig()
+    #: invalid events are produced here with the reason in the ``lastmile-reason`` header (null: off)
+    dead_letter_topic: str | None = None
+    invalid_limit: InvalidLimitConfig = InvalidLimitConfig()
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_records: int = Field(2000, ge=1)
+    max_poll_interval: Duration = 300.0
+    session_timeout: Duration = 10.0
+    #: pause partitions whose event time runs this far ahead of the slowest partition with data
+    max_event_time_skew: Duration = 3600.0
+    #: passed to kafka-python unchanged (security_protocol, sasl_mechanism, sasl_plain_username,
+    #: sasl_plain_password, ssl_cafile, ssl_certfile, ssl_keyfile, client_id, ...)
+    client: dict[str, Any] = Field(default_factory=dict)
+
+
+class CheckpointConfig(_Strict):
+    directory: str = "lastmile-state"
+    #: checkpoint (and then commit offsets) at least this often
+    interval: Duration = 10.0
+    keep: int = Field(2, ge=1)
+
+
 class Config(_Strict):
     version: Literal[1] = 1
     events: EventsConfig = EventsConfig()
@@ -191,6 +230,10 @@ class Config(_Strict):
     models: dict[str, ModelOverride] = Field(default_factory=dict)
     replay: ReplayConfig = ReplayConfig()
     http: HttpConfig = HttpConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    #: SIGTERM/SIGINT: finish the batch, checkpoint, commit and exit within this long
+    shutdown_grace: Duration = 30.0
 
     #: directory of the config file, to resolve relative paths (not a config key)
     base_dir: str = Field(".", exclude=True)
@@ -288,23 +331,73 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
     return problems
 
 
-def parse_config(data: Any, source: str = "<config>", base_dir: str = ".") -> Config:
+ENV_PREFIX = "LASTMILE__"
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, Any]]:
+    """``LASTMILE__KAFKA__BOOTSTRAP_SERVERS=broker:9092`` → {("kafka", "bootstrap_servers"): (var, value)}.
+
+    Sections and keys are separated by a double underscore and lower-cased; values are read as
+    YAML scalars or flow collections (``true``, ``5``, ``[a, b]``, ``{x: 1}``), so every config
+    value can be set from a container's environment.
+
+    >>> env_overrides({"LASTMILE__JOIN__TTL": "2d", "LASTMILE__SLICES__MIN_SAMPLES": "50", "HOME": "/root"})
+    {('join', 'ttl'): ('LASTMILE__JOIN__TTL', '2d'), ('slices', 'min_samples'): ('LASTMILE__SLICES__MIN_SAMPLES', 50)}
+    """
+    out = {}
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        path = tuple(part.lower() for part in var[len(ENV_PREFIX):].split("__") if part)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if path:
+            out[path] = (var, value)
+    return out
+
+
+def _apply_overrides(data: dict[str, Any], overrides: dict[tuple[str, ...], tuple[str, Any]]) -> None:
+    for path, (_var, value) in sorted(overrides.items()):
+        node = data
+        for key in path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[path[-1]] = value
+
+
+def parse_config(data: Any, source: str = "<config>", base_dir: str = ".",
+                 environ: Mapping[str, str] | None = None) -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [("", f"the config must be a mapping, got {type(data).__name__}")])
+    overrides = env_overrides(environ) if environ is not None else {}
+    if overrides:
+        data = copy.deepcopy(data)
+        _apply_overrides(data, overrides)
+    by_path = {".".join(path): var for path, (var, _) in overrides.items()}
+
+    def where(path: str) -> str:
+        var = next((v for p, v in by_path.items() if path == p or path.startswith(p + ".") or path.startswith(p + "[")), None)
+        return f"{path} (from {var})" if var else path
+
     try:
         cfg = Config.model_validate({**data, "base_dir": base_dir})
     except ValidationError as exc:
-        problems = [(_loc_to_path(err["loc"]), err["msg"]) for err in exc.errors()]
+        problems = [(where(_loc_to_path(err["loc"])), err["msg"]) for err in exc.errors()]
         raise ConfigError(source, problems) from None
-    problems = semantic_problems(cfg)
+    problems = [(where(path), msg) for path, msg in semantic_problems(cfg)]
     if problems:
         raise ConfigError(source, problems)
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and validate a YAML config; ``environ`` (e.g. ``os.environ``) may override any key."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -316,7 +409,7 @@ def load_config(path: str | Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(str(path), [("", f"not valid YAML: {where}{getattr(exc, 'problem', exc)}")]) from None
-    return parse_config(data, str(path), str(path.parent))
+    return parse_config(data, str(path), str(path.parent), environ)
 
 
 def default_config() -> Config:

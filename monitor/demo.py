@@ -60,12 +60,14 @@ def run_demo(outcomes: int = 200_000, seed: int = 7, port: int = 9464, pace: flo
     engine = Engine(cfg)
     collector = server = None
     if port:
-        from monitor.exposition import SliceCollector, serve
+        from monitor.exposition import SliceCollector
+        from monitor.server import Health, Server
 
         collector = SliceCollector()
         try:
-            server = serve(collector, cfg.http.host, port)
-            print(f"serving metrics on http://{cfg.http.host}:{port}/metrics while the demo runs", file=out)
+            server = Server(collector, Health(assigned=True, restored=True, broker_ok=True), cfg.http.host, port).start()
+            print(f"serving http://{cfg.http.host}:{port}/metrics (and /v1/slices, /v1/alerts) while the demo runs",
+                  file=out)
         except OSError as exc:
             print(f"(metrics not served: port {port}: {exc.strerror}; use --port)", file=out)
             collector = None
@@ -106,5 +108,5 @@ def run_demo(outcomes: int = 200_000, seed: int = 7, port: int = 9464, pace: flo
     print(format_table(table), file=out)
     print(f"\n{len(table['alerts'])} alert(s) firing at the end; tracked {p['slices']['tracked']} slices.", file=out)
     if server is not None:
-        server.shutdown()
+        server.close()
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from monitor.join import LABEL_DELAY_BUCKETS
@@ -47,6 +47,10 @@ class SliceCollector(Collector):
     def publish(self, table: dict[str, Any]) -> None:
         with self._lock:
             self._snapshot = table
+
+    def snapshot(self) -> dict[str, Any] | None:
+        with self._lock:
+            return self._snapshot
 
     def collect(self) -> Iterator[Any]:
         with self._lock:
@@ -132,13 +136,3 @@ def _pipeline_families(p: dict[str, Any]) -> Iterator[Any]:
     yield over
     yield CounterMetricFamily("lastmile_slice_overflow", "Outcomes whose slice was over max_slices.",
                               value=s["slice_overflow"])
-
-
-def serve(collector: SliceCollector, host: str, port: int) -> Any:
-    """Serve ``/metrics`` from a fresh registry holding only ``collector``; returns the server."""
-    from prometheus_client import start_http_server
-
-    registry = CollectorRegistry()
-    registry.register(collector)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server

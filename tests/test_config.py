@@ -84,3 +84,17 @@ def test_check_config_cli(tmp_path) -> None:
     broken.write_text("slices: [unclosed\n")
     run = subprocess.run([sys.executable, "-m", "monitor", "check-config", str(broken)], capture_output=True, text=True)
     assert run.returncode == 1 and "not valid YAML" in run.stderr and "line" in run.stderr
+
+
+def test_environment_overrides_any_key_and_errors_name_the_variable() -> None:
+    env = {"LASTMILE__KAFKA__BOOTSTRAP_SERVERS": "broker-1:9092,broker-2:9092",
+           "LASTMILE__KAFKA__CLIENT": "{security_protocol: SASL_SSL, sasl_mechanism: PLAIN}",
+           "LASTMILE__SLICES__MIN_SAMPLES": "50", "LASTMILE__DRIFT__ENABLED": "false", "UNRELATED": "x"}
+    cfg = load_config(ROOT / "config" / "asr.yaml", environ=env)
+    assert cfg.kafka.bootstrap_servers == "broker-1:9092,broker-2:9092"
+    assert cfg.kafka.client == {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"}
+    assert cfg.slices.min_samples == 50 and cfg.drift.enabled is False
+    assert cfg.slices.dimensions == ["tenant", "accent", "device", "noise"]  # the rest is untouched
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "config" / "asr.yaml", environ={"LASTMILE__JOIN__TTL": "soon"})
+    assert "join.ttl (from LASTMILE__JOIN__TTL)" in dict(info.value.problems)

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from monitor.exposition import SliceCollector
+from monitor.server import Health, Server
+
+
+def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+@pytest.fixture
+def app():
+    collector, health = SliceCollector(), Health(liveness_timeout=0.5)
+    server = Server(collector, health, "127.0.0.1", 0).start()
+    yield server
+    server.close()
+
+
+def test_endpoints(app) -> None:
+    port = app.port
+    assert get(port, "/v1/slices")[0] == 503  # nothing published yet
+    status, body = get(port, "/readyz")
+    assert status == 503 and "partitions assigned" in json.loads(body)["missing"]
+    app.health.assigned = app.health.restored = app.health.broker_ok = True
+    assert get(port, "/readyz")[0] == 200
+    table = {"slices": [], "alerts": [{"fingerprint": "f1"}],
+             "pipeline": {"events": {"prediction": 3}, "invalid": {"bad_json": 1}, "outcomes": 1,
+                          "join": {"pending": 2, "expired_unlabelled": 0, "expired_orphan_feedback": 0, "evicted": 0,
+                                   "duplicates": {}},
+                          "slices": {"tracked": 1, "value_overflow": {}, "slice_overflow": 0}}}
+    app.collector.publish(table)
+    assert json.loads(get(port, "/v1/alerts")[1]) == {"alerts": [{"fingerprint": "f1"}]}
+    assert json.loads(get(port, "/v1/slices")[1])["pipeline"]["outcomes"] == 1
+    status, body = get(port, "/metrics")
+    assert status == 200 and b'lastmile_invalid_events_total{reason="bad_json"} 1.0' in body
+    assert get(port, "/healthz")[0] == 200
+    assert get(port, "/nope")[0] == 404
+    assert get(port, "/v1/slices", method="POST")[0] == 405
+
+
+def test_liveness_fails_when_the_loop_stalls(app) -> None:
+    import time
+
+    time.sleep(0.6)
+    status, body = get(app.port, "/healthz")
+    assert status == 503 and json.loads(body)["status"] == "stalled"
+    app.health.beat()
+    assert get(app.port, "/healthz")[0] == 200
