@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,7 +16,7 @@ from monitor.config import ConfigError, load_config
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        cfg = load_config(args.config_file)
+        cfg = load_config(args.config_file, environ=os.environ)  # what `run` would see
         if cfg.baseline.source == "file" and cfg.baseline.file:
             from monitor.baselines import Baselines
 
@@ -68,6 +69,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from monitor.daemon import run_daemon
+
+    try:
+        cfg = load_config(args.config, environ=os.environ)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return run_daemon(cfg)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import run_demo
 
@@ -89,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config and print every problem with its path")
     p.add_argument("config_file", metavar="CFG")
     p.set_defaults(func=_cmd_check_config)
+
+    p = sub.add_parser("run", help="the daemon: Kafka in; /metrics, health, slice and alert API out",
+                       description="Every config key can be overridden from the environment: "
+                                   "LASTMILE__SECTION__KEY=value (e.g. LASTMILE__KAFKA__BOOTSTRAP_SERVERS=broker:9092).")
+    p.add_argument("--config", required=True, metavar="CFG")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("replay", help="run the engine over JSONL event files")
     p.add_argument("files", nargs="+", metavar="FILE")

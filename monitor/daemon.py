@@ -1,0 +1,333 @@
+"""``lastmile run``: the engine on Kafka, with exactly-once state across restarts.
+
+The loop, one thread, in order::
+
+    poll ─▶ (assignment changed? restore the last checkpoint, seek to its offsets) ─▶ decode
+         ─▶ engine ─▶ alerts ─▶ publish snapshot ─▶ every interval: checkpoint, then commit
+
+* State and the offsets it covers are written together (:mod:`monitor.checkpoint`); offsets
+  are committed to Kafka only after that file is durable. On start and on every assignment the
+  last checkpoint is restored and each partition is sought to the offset the checkpoint covers
+  (or, for a partition it does not cover, to the group's committed offset), so work done after
+  the last checkpoint is simply redone: kill -9 at any moment loses nothing and counts nothing
+  twice.
+* Rebalance callbacks run on kafka-python's IO thread while this thread waits inside poll():
+  they only record that the assignment changed; the records of that poll are discarded and
+  re-read after the seek.
+* Backpressure is explicit: partitions whose event time runs more than
+  ``kafka.max_event_time_skew`` ahead of the slowest partition that still has data are paused,
+  and resumed when it catches up (this also keeps the join's pending set small). Work per loop
+  turn is bounded by ``max_poll_records``, so ``max_poll_interval`` is never approached.
+* Signals only set a flag: the loop finishes its batch, checkpoints, commits, closes and exits 0.
+* Invalid events are counted by reason (and produced to the dead-letter topic with the reason in
+  a header); if nearly every recent event is invalid the daemon stops with a clear error instead
+  of dead-lettering a whole misconfigured stream (the invalid window is not committed, so the
+  events are read again once the config is fixed).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from kafka import ConsumerRebalanceListener
+
+from monitor.alerts import Alert
+from monitor.checkpoint import CheckpointError, CheckpointStore
+from monitor.config import Config
+from monitor.engine import Engine
+from monitor.events import InvalidEvent
+from monitor.exposition import SliceCollector
+from monitor.server import Health, Server
+from monitor.table import slice_table
+
+log = logging.getLogger("lastmile")
+
+_LAG_REFRESH_S = 5.0
+_PUBLISH_EVERY_S = 1.0
+
+
+class InvalidLimitExceeded(RuntimeError):
+    """Nearly every recent event was invalid: a misconfigured topic or field mapping."""
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Rebalance callbacks: run on the IO thread, so they only record what happened."""
+
+    def __init__(self) -> None:
+        self.changed = False
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.changed = True
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.changed = True
+
+
+def consumer_config(cfg: Config) -> dict[str, Any]:
+    from kafka.coordinator.assignors.range import RangePartitionAssignor
+
+    k = cfg.kafka
+    conf: dict[str, Any] = {
+        "bootstrap_servers": k.bootstrap_servers,
+        "group_id": k.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": k.auto_offset_reset,
+        # the same partition number of every topic on one member: the join stays local
+        "partition_assignment_strategy": [RangePartitionAssignor],
+        "max_poll_records": k.max_poll_records,
+        "max_poll_interval_ms": int(k.max_poll_interval * 1000),
+        "session_timeout_ms": int(k.session_timeout * 1000),
+        "heartbeat_interval_ms": max(int(k.session_timeout * 1000) // 3, 100),
+    }
+    conf.update(k.client)  # security and client settings pass straight through
+    return conf
+
+
+class Daemon:
+    def __init__(self, cfg: Config, consumer_factory: Callable[..., Any] | None = None,
+                 producer_factory: Callable[..., Any] | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_alert: Callable[[Alert], None] | None = None):
+        self.cfg = cfg
+        self.clock = clock
+        self.store = CheckpointStore(cfg.resolve_path(cfg.checkpoint.directory), cfg.checkpoint.keep)
+        self.collector = SliceCollector()
+        self.health = Health(liveness_timeout=max(60.0, cfg.kafka.session_timeout * 3))
+        self.topics = [t for t in (cfg.kafka.topics.predictions, cfg.kafka.topics.feedback, cfg.kafka.topics.outcomes) if t]
+        self._consumer_factory = consumer_factory
+        self._producer_factory = producer_factory
+        self.on_alert = on_alert or (lambda a: log.warning("%s %s %s", a.state.upper(), a.kind, a.summary))
+        self.engine = Engine(cfg)
+        self.positions: dict[Any, int] = {}  # TopicPartition → next offset to process
+        self.last_ts: dict[Any, float] = {}
+        self.lag: dict[Any, int] = {}
+        self.paused: set[Any] = set()
+        self.stopping = False
+        self.checkpoint_stats = {"last_wall": 0.0, "duration": 0.0, "bytes": 0, "count": 0}
+        self._recent_invalid: deque[bool] = deque(maxlen=cfg.kafka.invalid_limit.window)
+        self._last_ckpt = clock()
+        self._last_publish = 0.0
+        self._last_lag = 0.0
+        self.consumer: Any = None
+        self.producer: Any = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def request_stop(self, *_args: Any) -> None:
+        self.stopping = True
+        self.health.stopping = True
+
+    def run(self, server: bool = True) -> int:
+        http = None
+        if server:
+            http = Server(self.collector, self.health, self.cfg.http.host, self.cfg.http.port).start()
+            log.info("serving http://%s:%d/metrics", self.cfg.http.host, http.port)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.request_stop)
+        try:
+            self._restore()  # a damaged checkpoint stops us before touching Kafka
+            self._connect()
+            while not self.stopping:
+                self.step()
+            self._shutdown()
+            return 0
+        except CheckpointError as exc:
+            log.error("%s", exc)
+            return 2
+        except InvalidLimitExceeded as exc:
+            log.error("%s", exc)
+            self._close(commit=False)
+            return 3
+        finally:
+            if http is not None:
+                http.close()
+
+    def _connect(self) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        make_consumer = self._consumer_factory or KafkaConsumer
+        self.consumer = make_consumer(**consumer_config(self.cfg))
+        self.listener = _Listener()
+        self.consumer.subscribe(self.topics, listener=self.listener)
+        if self.cfg.kafka.dead_letter_topic:
+            make_producer = self._producer_factory or KafkaProducer
+            self.producer = make_producer(bootstrap_servers=self.cfg.kafka.bootstrap_servers, **self.cfg.kafka.client)
+
+    def _shutdown(self) -> None:
+        deadline = self.clock() + self.cfg.shutdown_grace
+        log.info("stopping: checkpoint, commit, close (grace %.0fs)", self.cfg.shutdown_grace)
+        if self.health.assigned:
+            self.checkpoint_and_commit(timeout=max(deadline - self.clock(), 1.0))
+        self._close(commit=False)
+
+    def _close(self, commit: bool) -> None:
+        if self.producer is not None:
+            self.producer.close(timeout=5)
+        if self.consumer is not None:
+            self.consumer.close(autocommit=commit)
+
+    # ---- state -------------------------------------------------------------------------------
+    def _restore(self) -> dict[str, dict[int, int]]:
+        """Load the newest checkpoint into a fresh engine; returns the offsets it covers."""
+        ckpt = self.store.latest()
+        self.engine = Engine(self.cfg)
+        if ckpt is not None:
+            self.engine.restore(ckpt.data, ckpt.arrays)
+            log.info("restored checkpoint %s (%d outcomes)", ckpt.path.name, self.engine.outcomes)
+        self.health.restored = True
+        self._publish(force=True)
+        return ckpt.offsets if ckpt is not None else {}
+
+    def _on_assignment(self) -> None:
+        """The assignment changed: roll back to the last checkpoint and seek every partition to it."""
+        self.listener.changed = False
+        offsets = self._restore()
+        assignment = self.consumer.assignment()
+        self.positions, self.last_ts, self.lag = {}, {}, {}
+        self.paused.clear()
+        for tp in assignment:
+            target = offsets.get(tp.topic, {}).get(tp.partition)
+            if target is None:
+                target = self.consumer.committed(tp)
+            if target is None:
+                if self.cfg.kafka.auto_offset_reset == "earliest":
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek_to_end(tp)
+                continue
+            self.consumer.seek(tp, target)
+            self.positions[tp] = target
+        if assignment:
+            self.consumer.resume(*assignment)
+        self.health.assigned = bool(assignment)
+        log.info("assigned %d partitions", len(assignment))
+
+    def checkpoint_and_commit(self, timeout: float | None = None) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        self._emit(self.engine.flush())
+        if self.producer is not None:
+            self.producer.flush(timeout=timeout)  # dead letters of these offsets are durable first
+        offsets: dict[str, dict[int, int]] = {}
+        for tp, pos in self.positions.items():
+            offsets.setdefault(tp.topic, {})[tp.partition] = pos
+        started = self.clock()
+        data, arrays = self.engine.state()
+        path = self.store.save(offsets, data, arrays)
+        self.checkpoint_stats.update(last_wall=time.time(), duration=self.clock() - started,
+                                     bytes=path.stat().st_size, count=self.checkpoint_stats["count"] + 1)
+        self._last_ckpt = self.clock()
+        if self.positions:
+            try:
+                self.consumer.commit({tp: OffsetAndMetadata(pos, "", -1) for tp, pos in self.positions.items()},
+                                     timeout_ms=int((timeout or 30.0) * 1000))
+                self.health.broker_ok = True
+            except Exception as exc:  # the checkpoint holds the truth; the commit is retried next time
+                log.warning("commit failed (%s); it is retried after the next checkpoint", exc)
+                self.health.broker_ok = False
+
+    # ---- one turn of the loop ----------------------------------------------------------------
+    def step(self) -> None:
+        self.health.beat()
+        batch = self.consumer.poll(timeout_ms=500, max_records=self.cfg.kafka.max_poll_records)
+        if self.listener.changed:
+            self._on_assignment()  # this poll's records were fetched from the old positions
+            return
+        self._process(batch)
+        now = self.clock()
+        if now - self._last_lag >= _LAG_REFRESH_S:
+            self._refresh_lag()
+            self._align()
+            self._last_lag = now
+        if now - self._last_ckpt >= self.cfg.checkpoint.interval and self.health.assigned:
+            self.checkpoint_and_commit()
+        self._publish()
+
+    def _process(self, batch: dict[Any, list[Any]]) -> None:
+        engine, decode = self.engine, self.engine.decoder.decode
+        limit = self.cfg.kafka.invalid_limit
+        recent = self._recent_invalid
+        for tp, messages in batch.items():
+            for msg in messages:
+                raw = msg.value
+                try:
+                    ev = decode(raw if raw is not None else b"")
+                except InvalidEvent as exc:
+                    engine.invalid[exc.reason] += 1
+                    recent.append(True)
+                    self._dead_letter(msg, exc.reason)
+                    continue
+                recent.append(False)
+                self.last_ts[tp] = ev.ts
+                self._emit(engine.feed_event(ev))
+            if messages:
+                self.positions[tp] = messages[-1].offset + 1
+        self._emit(engine.flush())
+        if len(recent) == recent.maxlen and sum(recent) > limit.ratio * len(recent):
+            raise InvalidLimitExceeded(
+                f"{sum(recent)} of the last {len(recent)} events on {self.topics} were invalid "
+                f"(limit {limit.ratio:.0%}; by reason so far: {dict(engine.invalid)}). Check kafka.topics and "
+                f"events.fields; nothing after the last checkpoint was committed, so the events are read again "
+                f"once the config is fixed.")
+
+    def _dead_letter(self, msg: Any, reason: str) -> None:
+        if self.producer is None:
+            return
+        headers = [("lastmile-reason", reason.encode()),
+                   ("lastmile-source", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())]
+        self.producer.send(self.cfg.kafka.dead_letter_topic, value=msg.value, key=msg.key, headers=headers)
+
+    def _emit(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.on_alert(alert)
+
+    def _refresh_lag(self) -> None:
+        assignment = list(self.positions) or list(self.consumer.assignment())
+        if not assignment:
+            return
+        try:
+            ends = self.consumer.end_offsets(assignment, timeout_ms=2000)
+            self.health.broker_ok = True
+        except Exception as exc:
+            log.warning("broker unreachable: %s", exc)
+            self.health.broker_ok = False
+            return
+        for tp, end in ends.items():
+            self.lag[tp] = max(int(end) - self.positions.get(tp, int(end)), 0)
+
+    def _align(self) -> None:
+        """Pause partitions running far ahead in event time of the slowest one that has data."""
+        behind = [self.last_ts[tp] for tp, lag in self.lag.items() if lag > 0 and tp in self.last_ts]
+        if not behind:
+            to_pause: set[Any] = set()
+        else:
+            horizon = min(behind) + self.cfg.kafka.max_event_time_skew
+            to_pause = {tp for tp, ts in self.last_ts.items() if ts > horizon and self.lag.get(tp, 0) > 0}
+        if to_pause - self.paused:
+            self.consumer.pause(*(to_pause - self.paused))
+        if self.paused - to_pause:
+            self.consumer.resume(*(self.paused - to_pause))
+        self.paused = to_pause
+
+    def _publish(self, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self._last_publish < _PUBLISH_EVERY_S:
+            return
+        self._last_publish = now
+        table = slice_table(self.engine)
+        table["daemon"] = {
+            "lag": [{"topic": tp.topic, "partition": tp.partition, "lag": lag} for tp, lag in sorted(self.lag.items())],
+            "paused": sorted(f"{tp.topic}/{tp.partition}" for tp in self.paused),
+            "checkpoint": dict(self.checkpoint_stats),
+        }
+        self.collector.publish(table)
+
+
+def run_daemon(cfg: Config) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return Daemon(cfg).run()

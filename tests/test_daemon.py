@@ -1,0 +1,197 @@
+"""``lastmile run`` against a real Kafka-compatible broker, compared with ``lastmile replay``."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from monitor.config import load_config
+from monitor.engine import Engine
+from monitor.replay import replay
+from monitor.simulate import SpeechScenario
+from monitor.table import slice_table
+from tests.conftest import ROOT
+from tests.kafka_harness import Broker, free_port, produce, start_broker
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def broker():
+    b = start_broker()
+    yield b
+    if b.process is not None:
+        b.process.send_signal(signal.SIGCONT)
+        b.process.kill()
+        b.process.wait()
+
+
+class DaemonProcess:
+    def __init__(self, broker: Broker, topics: dict[str, str], state_dir: Path, group: str):
+        self.port = free_port()
+        self.env = {**os.environ,
+                    "LASTMILE__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+                    "LASTMILE__KAFKA__GROUP_ID": group,
+                    "LASTMILE__KAFKA__TOPICS__PREDICTIONS": topics["prediction"],
+                    "LASTMILE__KAFKA__TOPICS__FEEDBACK": topics["feedback"],
+                    "LASTMILE__KAFKA__MAX_POLL_INTERVAL": "10s",
+                    "LASTMILE__KAFKA__SESSION_TIMEOUT": "6s",
+                    "LASTMILE__CHECKPOINT__DIRECTORY": str(state_dir),
+                    "LASTMILE__CHECKPOINT__INTERVAL": "1s",
+                    "LASTMILE__HTTP__PORT": str(self.port)}
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = state_dir.parent / f"daemon-{self.port}.log"
+
+    def start(self) -> DaemonProcess:
+        self.log_fh = open(self.log, "a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(ROOT / "config" / "asr.yaml")],
+                                     env=self.env, stdout=self.log_fh, stderr=subprocess.STDOUT, text=True)
+        return self
+
+    def get(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=3) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+        except OSError:
+            return 0, {}
+
+    def wait(self, predicate, timeout: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout
+        last: dict = {}
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, f"daemon exited: {self.log.read_text()[-3000:]}"
+            status, body = self.get("/v1/slices")
+            if status == 200:
+                last = body
+                if predicate(body):
+                    return body
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; last pipeline: {last.get('pipeline')}; "
+                             f"log: {self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self, timeout: float = 40) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def expected_table(lines: list[bytes], tmp_path: Path) -> dict:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    engine = Engine(load_config(ROOT / "config" / "asr.yaml"))
+    replay(engine, [path], progress=False)
+    return slice_table(engine)
+
+
+def numbers(table: dict) -> dict:
+    return {(r["model"], json.dumps(r["slice"], sort_keys=True), r["metric"]): (r["n"], r["errors"], r["units"])
+            for r in table["slices"]}
+
+
+def setup_stream(broker: Broker, outcomes: int, seed: int, partitions: int = 4):
+    preds, fbs = broker.create_topics(partitions, "predictions", "feedback")
+    topics = {"prediction": preds, "feedback": fbs, "outcome": preds}
+    lines = list(SpeechScenario(outcomes=outcomes, seed=seed).events())
+    return topics, lines
+
+
+def test_daemon_equals_replay_and_stops_cleanly_on_sigterm(broker, tmp_path) -> None:
+    topics, lines = setup_stream(broker, 20_000, seed=21)
+    produce(broker.bootstrap, topics, lines)
+    expected = expected_table(lines, tmp_path)
+    daemon = DaemonProcess(broker, topics, tmp_path / "state", f"g-{tmp_path.name}").start()
+    body = daemon.wait(lambda b: b["pipeline"]["outcomes"] == expected["pipeline"]["outcomes"], 120, "all outcomes")
+    assert numbers(body) == numbers(expected)
+    assert body["pipeline"]["invalid"] == expected["pipeline"]["invalid"]
+    assert {a["fingerprint"] for a in body["alerts"]} == {a["fingerprint"] for a in expected["alerts"]}
+    assert daemon.get("/readyz")[0] == 200 and daemon.get("/healthz")[0] == 200
+    status, metrics_text = 0, ""
+    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=3) as resp:
+        status, metrics_text = resp.status, resp.read().decode()
+    assert status == 200 and "lastmile_slice_outcomes_total{" in metrics_text
+    started = time.monotonic()
+    assert daemon.terminate() == 0
+    assert time.monotonic() - started < 30
+    assert "stopping: checkpoint, commit, close" in daemon.log.read_text()
+
+
+def test_kill_minus_9_at_random_points_loses_nothing_and_counts_nothing_twice(broker, tmp_path) -> None:
+    topics, lines = setup_stream(broker, 110_000, seed=22)  # ≥ 200k events
+    assert len(lines) >= 200_000
+    expected = expected_table(lines, tmp_path)
+    total = expected["pipeline"]["outcomes"]
+    half = len(lines) // 2
+    produce(broker.bootstrap, topics, lines[:half])  # the rest arrives while the daemon runs
+    rng = random.Random(5)
+    kill_at = sorted(rng.sample(range(total // 20, total - total // 20), 5))
+    daemon = DaemonProcess(broker, topics, tmp_path / "state", f"g-{tmp_path.name}")
+    produced_rest = False
+    for i, target in enumerate(kill_at):
+        daemon.start()
+        if not produced_rest and i == 2:
+            produce(broker.bootstrap, topics, lines[half:])
+            produced_rest = True
+        daemon.wait(lambda b, t=target: b["pipeline"]["outcomes"] >= t, 180, f"{target} outcomes before kill {i + 1}")
+        time.sleep(rng.random() * 0.5)  # anywhere: mid-batch, mid-checkpoint, mid-commit
+        daemon.kill9()
+    if not produced_rest:
+        produce(broker.bootstrap, topics, lines[half:])
+    daemon.start()
+    body = daemon.wait(lambda b: b["pipeline"]["outcomes"] >= total and b["pipeline"]["join"]["pending"]
+                       == expected["pipeline"]["join"]["pending"], 240, "every outcome after the restarts")
+    time.sleep(2)  # nothing more may arrive: a double count would show up here
+    _, body = daemon.get("/v1/slices")
+    assert body["pipeline"]["outcomes"] == total
+    assert numbers(body) == numbers(expected)
+    assert body["pipeline"]["invalid"] == expected["pipeline"]["invalid"]
+    assert {a["fingerprint"] for a in body["alerts"]} == {a["fingerprint"] for a in expected["alerts"]}
+    assert daemon.terminate() == 0
+
+
+def test_broker_outage_not_ready_then_recovers_by_itself(broker, tmp_path) -> None:
+    if broker.process is None:
+        pytest.skip("outages are simulated by stopping the local broker")
+    topics, lines = setup_stream(broker, 20_000, seed=23)
+    expected = expected_table(lines, tmp_path)
+    half = len(lines) // 2
+    produce(broker.bootstrap, topics, lines[:half])
+    daemon = DaemonProcess(broker, topics, tmp_path / "state", f"g-{tmp_path.name}").start()
+    daemon.wait(lambda b: b["pipeline"]["outcomes"] > 1000, 120, "the first half")
+    broker.stop()
+    try:
+        deadline = time.monotonic() + 30
+        saw_not_ready = False
+        while time.monotonic() < deadline:
+            assert daemon.proc.poll() is None, "the daemon must stay up"
+            if daemon.get("/readyz")[0] == 503:
+                saw_not_ready = True
+            assert daemon.get("/healthz")[0] == 200, "the loop keeps turning during the outage"
+            time.sleep(1)
+        assert saw_not_ready
+    finally:
+        broker.cont()
+    produce(broker.bootstrap, topics, lines[half:])
+    body = daemon.wait(lambda b: b["pipeline"]["outcomes"] == expected["pipeline"]["outcomes"], 180, "recovery")
+    assert numbers(body) == numbers(expected)
+    deadline = time.monotonic() + 30
+    while daemon.get("/readyz")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert daemon.get("/readyz")[0] == 200
+    assert daemon.terminate() == 0
