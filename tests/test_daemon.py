@@ -140,7 +140,9 @@ def test_kill_minus_9_at_random_points_loses_nothing_and_counts_nothing_twice(br
     half = len(lines) // 2
     produce(broker.bootstrap, topics, lines[:half])  # the rest arrives while the daemon runs
     rng = random.Random(5)
-    kill_at = sorted(rng.sample(range(total // 20, total - total // 20), 5))
+    # two kills while only the first half is in the topics, three after the rest has arrived
+    kill_at = sorted(rng.sample(range(total // 20, int(total * 0.4)), 2)) + sorted(
+        rng.sample(range(int(total * 0.55), total - total // 20), 3))
     daemon = DaemonProcess(broker, topics, tmp_path / "state", f"g-{tmp_path.name}")
     produced_rest = False
     for i, target in enumerate(kill_at):
