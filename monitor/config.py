@@ -178,6 +178,8 @@ class ReplayConfig(_Strict):
 class HttpConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)
+    #: most per-slice series exported; beyond it the least-used slices are left out (and counted)
+    series_budget: int = Field(50_000, ge=10)
 
 
 class TopicsConfig(_Strict):

@@ -31,7 +31,7 @@ import logging
 import signal
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -96,7 +96,9 @@ class Daemon:
         self.cfg = cfg
         self.clock = clock
         self.store = CheckpointStore(cfg.resolve_path(cfg.checkpoint.directory), cfg.checkpoint.keep)
-        self.collector = SliceCollector()
+        self.collector = SliceCollector(cfg.http.series_budget)
+        self.messages: Counter[tuple[str, str]] = Counter()
+        self.batch_seconds = 0.0
         self.health = Health(liveness_timeout=max(60.0, cfg.kafka.session_timeout * 3))
         self.topics = [t for t in (cfg.kafka.topics.predictions, cfg.kafka.topics.feedback, cfg.kafka.topics.outcomes) if t]
         self._consumer_factory = consumer_factory
@@ -111,6 +113,8 @@ class Daemon:
         self.checkpoint_stats = {"last_wall": 0.0, "duration": 0.0, "bytes": 0, "count": 0}
         self._recent_invalid: deque[bool] = deque(maxlen=cfg.kafka.invalid_limit.window)
         self._last_ckpt = clock()
+        self._checkpointed: dict[str, dict[int, int]] = {}  # offsets the newest checkpoint covers
+        self._commit_pending = False
         self._last_publish = 0.0
         self._last_lag = 0.0
         self.consumer: Any = None
@@ -215,17 +219,21 @@ class Daemon:
         offsets: dict[str, dict[int, int]] = {}
         for tp, pos in self.positions.items():
             offsets.setdefault(tp.topic, {})[tp.partition] = pos
-        started = self.clock()
-        data, arrays = self.engine.state()
-        path = self.store.save(offsets, data, arrays)
-        self.checkpoint_stats.update(last_wall=time.time(), duration=self.clock() - started,
-                                     bytes=path.stat().st_size, count=self.checkpoint_stats["count"] + 1)
         self._last_ckpt = self.clock()
-        if self.positions:
+        if offsets != self._checkpointed or self.checkpoint_stats["count"] == 0:
+            started = self.clock()
+            data, arrays = self.engine.state()
+            path = self.store.save(offsets, data, arrays)
+            self.checkpoint_stats.update(last_wall=time.time(), duration=self.clock() - started,
+                                         bytes=path.stat().st_size, count=self.checkpoint_stats["count"] + 1)
+            self._checkpointed = offsets
+            self._commit_pending = True
+        if self.positions and self._commit_pending:
             try:
                 self.consumer.commit({tp: OffsetAndMetadata(pos, "", -1) for tp, pos in self.positions.items()},
-                                     timeout_ms=int((timeout or 30.0) * 1000))
+                                     timeout_ms=int((timeout or 10.0) * 1000))
                 self.health.broker_ok = True
+                self._commit_pending = False
             except Exception as exc:  # the checkpoint holds the truth; the commit is retried next time
                 log.warning("commit failed (%s); it is retried after the next checkpoint", exc)
                 self.health.broker_ok = False
@@ -248,16 +256,19 @@ class Daemon:
         self._publish()
 
     def _process(self, batch: dict[Any, list[Any]]) -> None:
+        started = self.clock()
         engine, decode = self.engine, self.engine.decoder.decode
         limit = self.cfg.kafka.invalid_limit
         recent = self._recent_invalid
         for tp, messages in batch.items():
+            invalid = 0
             for msg in messages:
                 raw = msg.value
                 try:
                     ev = decode(raw if raw is not None else b"")
                 except InvalidEvent as exc:
                     engine.invalid[exc.reason] += 1
+                    invalid += 1
                     recent.append(True)
                     self._dead_letter(msg, exc.reason)
                     continue
@@ -266,7 +277,12 @@ class Daemon:
                 self._emit(engine.feed_event(ev))
             if messages:
                 self.positions[tp] = messages[-1].offset + 1
+                self.messages[(tp.topic, "valid")] += len(messages) - invalid
+                if invalid:
+                    self.messages[(tp.topic, "invalid")] += invalid
         self._emit(engine.flush())
+        if batch:
+            self.batch_seconds = self.clock() - started
         if len(recent) == recent.maxlen and sum(recent) > limit.ratio * len(recent):
             raise InvalidLimitExceeded(
                 f"{sum(recent)} of the last {len(recent)} events on {self.topics} were invalid "
@@ -323,6 +339,8 @@ class Daemon:
             "lag": [{"topic": tp.topic, "partition": tp.partition, "lag": lag} for tp, lag in sorted(self.lag.items())],
             "paused": sorted(f"{tp.topic}/{tp.partition}" for tp in self.paused),
             "checkpoint": dict(self.checkpoint_stats),
+            "messages": [{"topic": t, "result": r, "count": c} for (t, r), c in sorted(self.messages.items())],
+            "batch_seconds": self.batch_seconds,
         }
         self.collector.publish(table)
 

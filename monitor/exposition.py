@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from typing import Any
 from collections.abc import Iterator
 
@@ -39,8 +40,13 @@ def combination(slice_: dict[str, str]) -> str:
     return "+".join(slice_) if slice_ else "all"
 
 
+#: series one slice row yields: outcomes, errors, units, ratio, lower, upper, baseline, insufficient, 2 × alert
+SERIES_PER_ROW = 10
+
+
 class SliceCollector(Collector):
-    def __init__(self) -> None:
+    def __init__(self, series_budget: int = 50_000) -> None:
+        self.series_budget = series_budget
         self._snapshot: dict[str, Any] | None = None
         self._lock = threading.Lock()
 
@@ -57,8 +63,18 @@ class SliceCollector(Collector):
             snap = self._snapshot
         if snap is None:
             return
-        yield from _slice_families(snap["slices"])
+        rows = snap["slices"]
+        keep = max(self.series_budget // SERIES_PER_ROW, 0)
+        if len(rows) > keep:  # alerting slices first, then the ones with most outcomes
+            rows = sorted(rows, key=lambda r: (r["status"] != "alerting", -r["n"]))[:keep]
+        yield from _slice_families(rows)
+        yield GaugeMetricFamily("lastmile_slice_series_budget", "Most per-slice series exported (http.series_budget).",
+                                value=self.series_budget)
+        yield GaugeMetricFamily("lastmile_slice_series_dropped", "Per-slice series left out by the budget right now.",
+                                value=(len(snap["slices"]) - len(rows)) * SERIES_PER_ROW)
         yield from _pipeline_families(snap["pipeline"])
+        if "daemon" in snap:
+            yield from _daemon_families(snap["daemon"])
 
 
 def _slice_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
@@ -136,3 +152,28 @@ def _pipeline_families(p: dict[str, Any]) -> Iterator[Any]:
     yield over
     yield CounterMetricFamily("lastmile_slice_overflow", "Outcomes whose slice was over max_slices.",
                               value=s["slice_overflow"])
+
+
+def _daemon_families(d: dict[str, Any]) -> Iterator[Any]:
+    lag = GaugeMetricFamily("lastmile_consumer_lag", "Messages behind the end of the partition.",
+                            labels=["topic", "partition"])
+    for row in d["lag"]:
+        lag.add_metric([row["topic"], str(row["partition"])], row["lag"])
+    yield lag
+    yield GaugeMetricFamily("lastmile_partitions_paused", "Partitions paused for running ahead in event time.",
+                            value=len(d["paused"]))
+    msgs = CounterMetricFamily("lastmile_messages", "Kafka messages consumed, by topic and result.",
+                               labels=["topic", "result"])
+    for row in d["messages"]:
+        msgs.add_metric([row["topic"], row["result"]], row["count"])
+    yield msgs
+    c = d["checkpoint"]
+    if c["count"]:
+        yield GaugeMetricFamily("lastmile_checkpoint_age_seconds", "Seconds since the last durable checkpoint.",
+                                value=max(time.time() - c["last_wall"], 0.0))
+        yield GaugeMetricFamily("lastmile_checkpoint_duration_seconds", "Time the last checkpoint took to write.",
+                                value=c["duration"])
+        yield GaugeMetricFamily("lastmile_checkpoint_bytes", "Size of the last checkpoint.", value=c["bytes"])
+    yield CounterMetricFamily("lastmile_checkpoints", "Checkpoints written.", value=c["count"])
+    yield GaugeMetricFamily("lastmile_batch_processing_seconds", "Wall time the last polled batch took to process.",
+                            value=d["batch_seconds"])

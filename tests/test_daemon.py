@@ -53,9 +53,10 @@ class DaemonProcess:
         self.log = state_dir.parent / f"daemon-{self.port}.log"
 
     def start(self) -> DaemonProcess:
-        self.log_fh = open(self.log, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(ROOT / "config" / "asr.yaml")],
-                                     env=self.env, stdout=self.log_fh, stderr=subprocess.STDOUT, text=True)
+        with open(self.log, "a") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config",
+                                          str(ROOT / "config" / "asr.yaml")],
+                                         env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
         return self
 
     def get(self, path: str) -> tuple[int, dict]:

@@ -57,3 +57,24 @@ def test_liveness_fails_when_the_loop_stalls(app) -> None:
     assert status == 503 and json.loads(body)["status"] == "stalled"
     app.health.beat()
     assert get(app.port, "/healthz")[0] == 200
+
+
+def test_series_budget_keeps_alerting_and_busiest_slices() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from monitor.exposition import SERIES_PER_ROW
+
+    rows = [{"model": "m", "metric": "wer", "slice": {"a": str(i)}, "n": i, "errors": 1.0, "units": 2.0,
+             "window": {"value": 0.5, "lower": 0.4, "upper": 0.6}, "baseline": 0.5,
+             "status": "alerting" if i == 3 else "ok", "firing": ["drift"] if i == 3 else []} for i in range(100)]
+    table = {"slices": rows, "alerts": [], "pipeline": {
+        "events": {}, "invalid": {}, "outcomes": 0,
+        "join": {"pending": 0, "expired_unlabelled": 0, "expired_orphan_feedback": 0, "evicted": 0, "duplicates": {}},
+        "slices": {"tracked": 100, "value_overflow": {}, "slice_overflow": 0}}}
+    collector = SliceCollector(series_budget=10 * SERIES_PER_ROW)
+    collector.publish(table)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    exported = {s.labels["a"] for m in registry.collect() if m.name == "lastmile_slice_outcomes" for s in m.samples}
+    assert exported == {"3"} | {str(i) for i in range(91, 100)}
+    assert registry.get_sample_value("lastmile_slice_series_dropped") == 90 * SERIES_PER_ROW
