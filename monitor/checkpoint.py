@@ -51,7 +51,8 @@ class Checkpoint:
 
 
 def _encode(sequence: int, offsets: dict[str, dict[int, int]], data: dict[str, Any],
-            arrays: dict[str, np.ndarray]) -> bytes:
+            arrays: dict[str, np.ndarray]) -> list[bytes]:
+    """The file as parts (header, body, digest): a large body is never copied to be framed."""
     body = {
         "sequence": sequence,
         "created": time.time(),
@@ -60,8 +61,11 @@ def _encode(sequence: int, offsets: dict[str, dict[int, int]], data: dict[str, A
         "arrays": {name: {"shape": list(a.shape), "bytes": np.ascontiguousarray(a, dtype=_DTYPE).tobytes()}
                    for name, a in arrays.items()},
     }
-    head = MAGIC + struct.pack(">I", VERSION) + msgspec.msgpack.encode(body)
-    return head + hashlib.sha256(head).digest()
+    header = MAGIC + struct.pack(">I", VERSION)
+    encoded = msgspec.msgpack.encode(body)
+    digest = hashlib.sha256(header)
+    digest.update(encoded)
+    return [header, encoded, digest.digest()]
 
 
 def _decode(path: Path, blob: bytes) -> Checkpoint:
@@ -69,7 +73,8 @@ def _decode(path: Path, blob: bytes) -> Checkpoint:
                 f"re-read, so nothing is lost or counted twice")
     if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 4 + 32:
         raise CheckpointError(f"{path} is not a lastmile checkpoint; {recovery}")
-    head, digest = blob[:-32], blob[-32:]
+    view = memoryview(blob)
+    head, digest = view[:-32], view[-32:]
     if hashlib.sha256(head).digest() != digest:
         raise CheckpointError(f"{path} is corrupt (checksum mismatch: truncated or damaged); {recovery}")
     (version,) = struct.unpack(">I", head[len(MAGIC):len(MAGIC) + 4])
@@ -114,9 +119,10 @@ class CheckpointStore:
         sequence = existing[-1][0] + 1 if existing else 1
         final = self.dir / f"ckpt-{sequence:012d}.lmc"
         tmp = self.dir / f".{final.name}.tmp-{os.getpid()}"
-        blob = _encode(sequence, offsets, data, arrays)
+        parts = _encode(sequence, offsets, data, arrays)
         with open(tmp, "wb") as fh:
-            fh.write(blob)
+            for part in parts:
+                fh.write(part)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)

@@ -10,15 +10,30 @@ a duplicate instead of being joined twice.
 
 from __future__ import annotations
 
+import gc
 from bisect import bisect_left
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 from collections.abc import Iterator
+
+import msgspec
 
 from monitor.events import Event
 
 #: label delay histogram buckets (seconds): 1s … 30d, then +Inf
 LABEL_DELAY_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0, 30 * 86400.0)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class Outcome(NamedTuple):
@@ -159,13 +174,17 @@ class Joiner:
 
     # ---- checkpointing: plain data only (lists, dicts, numbers, strings) ----------------------
     def state(self) -> dict[str, Any]:
+        # pending events and joined ids are msgpack-encoded here, in C, in insertion order (which
+        # expiry relies on); millions of them would be slow as Python lists
         return {"watermark": self.watermark, "next_expiry": self._next_expiry,
-                "pending": [list(ev) for ev in self._pending.values()],
-                "done": [[k, v] for k, v in self._done.items()], "stats": asdict(self.stats)}
+                "pending": msgspec.msgpack.encode(list(self._pending.values())),
+                "done": msgspec.msgpack.encode(self._done), "stats": asdict(self.stats)}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.watermark = state["watermark"]
         self._next_expiry = state["next_expiry"]
-        self._pending = {ev[1]: Event(*ev) for ev in state["pending"]}
-        self._done = {k: v for k, v in state["done"]}
+        with _gc_paused():  # millions of new containers: the cyclic GC would rescan them over and over
+            events = msgspec.msgpack.decode(state["pending"], type=list[Event])
+            self._pending = {ev.id: ev for ev in events}
+            self._done = msgspec.msgpack.decode(state["done"], type=dict[str, float])
         self.stats = JoinStats(**state["stats"])
