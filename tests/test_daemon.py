@@ -198,3 +198,49 @@ def test_broker_outage_not_ready_then_recovers_by_itself(broker, tmp_path) -> No
         time.sleep(0.5)
     assert daemon.get("/readyz")[0] == 200
     assert daemon.terminate() == 0
+
+
+def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 60) -> list:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    parts = consumer.partitions_for_topic(topic) or set()
+    consumer.assign([TopicPartition(topic, p) for p in parts])
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < expect and time.monotonic() < deadline:
+        for messages in consumer.poll(timeout_ms=500).values():
+            out.extend(messages)
+    consumer.close()
+    return out
+
+
+def test_invalid_events_go_to_the_dead_letter_topic_with_their_reason(broker, tmp_path) -> None:
+    topics, lines = setup_stream(broker, 5_000, seed=24)
+    (dlq,) = broker.create_topics(1, "dead-letters")
+    produce(broker.bootstrap, topics, lines)
+    expected = expected_table(lines, tmp_path)
+    invalid = sum(expected["pipeline"]["invalid"].values())
+    assert invalid > 0
+    daemon = DaemonProcess(broker, topics, tmp_path / "state", f"g-{tmp_path.name}")
+    daemon.env["LASTMILE__KAFKA__DEAD_LETTER_TOPIC"] = dlq
+    daemon.start()
+    daemon.wait(lambda b: b["pipeline"]["outcomes"] == expected["pipeline"]["outcomes"], 120, "all outcomes")
+    assert daemon.terminate() == 0
+    letters = read_topic(broker.bootstrap, dlq, invalid)
+    assert len(letters) == invalid
+    reasons: dict[str, int] = {}
+    for msg in letters:
+        headers = dict(msg.headers)
+        reasons[headers["lastmile-reason"].decode()] = reasons.get(headers["lastmile-reason"].decode(), 0) + 1
+        source_topic, partition, offset = headers["lastmile-source"].decode().rsplit("/", 2)
+        assert source_topic in (topics["prediction"], topics["feedback"]) and int(offset) >= 0
+    assert reasons == expected["pipeline"]["invalid"]
+
+
+def test_a_stream_of_nearly_only_invalid_events_stops_the_daemon_with_a_clear_error(broker, tmp_path) -> None:
+    topics, _ = setup_stream(broker, 10, seed=25)
+    produce(broker.bootstrap, topics, [b'{"not": "an event %d"}' % i for i in range(3000)])
+    daemon = DaemonProcess(broker, topics, tmp_path / "state", f"g-{tmp_path.name}").start()
+    assert daemon.proc.wait(timeout=120) == 3
+    log = daemon.log.read_text()
+    assert "were invalid" in log and "Check kafka.topics and events.fields" in log
