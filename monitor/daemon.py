@@ -130,8 +130,7 @@ class Daemon:
         if server:
             http = Server(self.collector, self.health, self.cfg.http.host, self.cfg.http.port).start()
             log.info("serving http://%s:%d/metrics", self.cfg.http.host, http.port)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self.request_stop)
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._restore()  # a damaged checkpoint stops us before touching Kafka
             self._connect()
@@ -147,6 +146,8 @@ class Daemon:
             self._close(commit=False)
             return 3
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if http is not None:
                 http.close()
 

@@ -143,6 +143,10 @@ def _pipeline_families(p: dict[str, Any]) -> Iterator[Any]:
             buckets.append((bound, acc))
         yield HistogramMetricFamily("lastmile_label_delay_seconds", "Feedback ts minus prediction ts.",
                                     buckets=buckets, sum_value=hist["sum"])
+    if p.get("watermark_seconds") is not None:
+        yield GaugeMetricFamily("lastmile_watermark_timestamp_seconds",
+                                "Largest event time processed (time() minus this is the processing delay).",
+                                value=p["watermark_seconds"])
     s = p["slices"]
     yield GaugeMetricFamily("lastmile_slices_tracked", "Slices currently tracked.", value=s["tracked"])
     over = CounterMetricFamily("lastmile_dimension_overflow", "Outcomes whose value was mapped to __other__.",

@@ -95,6 +95,7 @@ def slice_table(engine: Engine) -> dict[str, Any]:
                 "slice_overflow": engine.slices.slice_overflow,
             },
             "watermark": rfc3339(engine.watermark) if math.isfinite(engine.watermark) else None,
+            "watermark_seconds": engine.watermark if math.isfinite(engine.watermark) else None,
         },
         "decision": {
             "false_alarms_per_million": engine.cfg.alerting.false_alarms_per_million,

@@ -1,0 +1,50 @@
+"""Daemon logic without a broker: backpressure decisions and start-up failures."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+from monitor.daemon import Daemon
+from tests.conftest import make_config
+
+TP = namedtuple("TP", "topic partition")
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.paused: set = set()
+
+    def pause(self, *tps) -> None:
+        self.paused |= set(tps)
+
+    def resume(self, *tps) -> None:
+        self.paused -= set(tps)
+
+
+def test_partitions_far_ahead_in_event_time_are_paused_until_the_slowest_catches_up(tmp_path) -> None:
+    cfg = make_config(kafka={"max_event_time_skew": "1h"}, checkpoint={"directory": str(tmp_path)})
+    d = Daemon(cfg)
+    d.consumer = FakeConsumer()
+    slow, fast, idle = TP("predictions", 0), TP("feedback", 0), TP("feedback", 1)
+    d.last_ts = {slow: 1000.0, fast: 1000.0 + 7200, idle: 1000.0 + 9999}
+    d.lag = {slow: 500, fast: 800, idle: 0}  # idle has nothing left to read: it never holds anyone back
+    d._align()
+    assert d.consumer.paused == {fast}
+    d.last_ts[slow] = 1000.0 + 5000  # the slow one caught up to within the skew
+    d._align()
+    assert d.consumer.paused == set()
+    d.lag[slow] = 0  # nothing left behind: nobody is paused
+    d.last_ts[fast] = 1e9
+    d._align()
+    assert d.consumer.paused == set()
+
+
+def test_a_damaged_checkpoint_stops_the_daemon_before_it_touches_kafka(tmp_path, caplog) -> None:
+    (tmp_path / "ckpt-000000000001.lmc").write_bytes(b"garbage")
+    cfg = make_config(checkpoint={"directory": str(tmp_path)})
+
+    def no_kafka(**_kwargs):
+        raise AssertionError("must not connect")
+
+    assert Daemon(cfg, consumer_factory=no_kafka).run(server=False) == 2
+    assert "ckpt-000000000001.lmc is not a lastmile checkpoint" in caplog.text and "aside" in caplog.text
