@@ -105,6 +105,11 @@ class CheckpointStore:
         found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name))]
         return sorted(found)
 
+    def latest_sequence(self) -> int:
+        """Sequence number of the newest checkpoint file (0: none), without reading it."""
+        existing = self._existing()
+        return existing[-1][0] if existing else 0
+
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint, or None when there is none. Raises CheckpointError if it is damaged."""
         existing = self._existing()

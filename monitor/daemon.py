@@ -115,6 +115,8 @@ class Daemon:
         self._last_ckpt = clock()
         self._checkpointed: dict[str, dict[int, int]] = {}  # offsets the newest checkpoint covers
         self._commit_pending = False
+        self._loaded: tuple[int, dict[str, dict[int, int]]] | None = None  # (sequence, offsets) the engine equals
+        self._dirty = False  # processed anything since it was loaded
         self._last_publish = 0.0
         self._last_lag = 0.0
         self.consumer: Any = None
@@ -177,15 +179,23 @@ class Daemon:
 
     # ---- state -------------------------------------------------------------------------------
     def _restore(self) -> dict[str, dict[int, int]]:
-        """Load the newest checkpoint into a fresh engine; returns the offsets it covers."""
+        """Make the engine equal the newest checkpoint; returns the offsets it covers.
+
+        Skipped when the engine already is that checkpoint (loaded, nothing processed since).
+        """
+        if not self._dirty and self._loaded is not None and self.store.latest_sequence() == self._loaded[0]:
+            return self._loaded[1]
         ckpt = self.store.latest()
         self.engine = Engine(self.cfg)
         if ckpt is not None:
             self.engine.restore(ckpt.data, ckpt.arrays)
             log.info("restored checkpoint %s (%d outcomes)", ckpt.path.name, self.engine.outcomes)
+        offsets = ckpt.offsets if ckpt is not None else {}
+        self._loaded = (ckpt.sequence if ckpt is not None else 0, offsets)
+        self._dirty = False
         self.health.restored = True
         self._publish(force=True)
-        return ckpt.offsets if ckpt is not None else {}
+        return offsets
 
     def _on_assignment(self) -> None:
         """The assignment changed: roll back to the last checkpoint and seek every partition to it."""
@@ -209,6 +219,7 @@ class Daemon:
         if assignment:
             self.consumer.resume(*assignment)
         self.health.assigned = bool(assignment)
+        self._last_lag = 0.0  # check the broker (and readiness) on the next turn
         log.info("assigned %d partitions", len(assignment))
 
     def checkpoint_and_commit(self, timeout: float | None = None) -> None:
@@ -229,6 +240,7 @@ class Daemon:
                                          bytes=path.stat().st_size, count=self.checkpoint_stats["count"] + 1)
             self._checkpointed = offsets
             self._commit_pending = True
+            self._loaded, self._dirty = (int(path.stem.split("-")[1]), offsets), False
         if self.positions and self._commit_pending:
             try:
                 self.consumer.commit({tp: OffsetAndMetadata(pos, "", -1) for tp, pos in self.positions.items()},
@@ -257,6 +269,9 @@ class Daemon:
         self._publish()
 
     def _process(self, batch: dict[Any, list[Any]]) -> None:
+        if not batch:
+            return
+        self._dirty = True
         started = self.clock()
         engine, decode = self.engine, self.engine.decoder.decode
         limit = self.cfg.kafka.invalid_limit
@@ -282,8 +297,7 @@ class Daemon:
                 if invalid:
                     self.messages[(tp.topic, "invalid")] += invalid
         self._emit(engine.flush())
-        if batch:
-            self.batch_seconds = self.clock() - started
+        self.batch_seconds = self.clock() - started
         if len(recent) == recent.maxlen and sum(recent) > limit.ratio * len(recent):
             raise InvalidLimitExceeded(
                 f"{sum(recent)} of the last {len(recent)} events on {self.topics} were invalid "
