@@ -1,0 +1,96 @@
+"""The operator assets under deploy/, checked with the real tools (Debian: prometheus, prometheus-alertmanager)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+RULES = DEPLOY / "prometheus" / "rules" / "lastmile.rules.yml"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: {name} is missing (apt-get install prometheus prometheus-alertmanager)")
+        pytest.skip(f"{name} not installed (apt-get install prometheus prometheus-alertmanager)")
+    return path
+
+
+def run(*args: str) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=DEPLOY)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_promtool_checks_config_and_rules() -> None:
+    promtool = tool("promtool")
+    out = run(promtool, "check", "config", "prometheus/prometheus.yml")
+    assert "SUCCESS" in out
+    assert "SUCCESS: 7 rules found" in run(promtool, "check", "rules", str(RULES))
+
+
+def test_promtool_rule_unit_tests_cover_every_rule() -> None:
+    promtool = tool("promtool")
+    run(promtool, "test", "rules", "prometheus/tests/lastmile.rules.test.yml")
+    rules = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "tests" / "lastmile.rules.test.yml").read_text())["tests"]
+    fired = {case["alertname"] for t in tests for case in t["alert_rule_test"] if case["exp_alerts"]}
+    quiet = {case["alertname"] for t in tests for case in t["alert_rule_test"] if not case["exp_alerts"]}
+    assert fired == rules and quiet == rules  # each rule is tested firing and not firing
+
+
+def test_every_rule_has_severity_summary_description_and_an_existing_runbook() -> None:
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            assert rule["labels"]["severity"] in ("page", "ticket")
+            ann = rule["annotations"]
+            assert ann["summary"] and ann["description"]
+            runbook = ann["runbook_url"].rsplit("/deploy/", 1)[1]
+            assert (DEPLOY / runbook).is_file(), runbook
+            assert runbook.endswith(f"{rule['alert']}.md")
+
+
+def test_amtool_checks_the_alertmanager_config() -> None:
+    amtool = tool("amtool")
+    out = run(amtool, "check-config", "alertmanager/alertmanager.yml")
+    assert "SUCCESS" in out and "2 inhibit rules" in out
+
+
+def exposed_metric_names() -> set[str]:
+    """Every metric family the daemon can expose (all sections of a snapshot filled in)."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.engine import Engine
+    from monitor.exposition import SliceCollector
+    from monitor.simulate import SpeechScenario
+    from monitor.table import slice_table
+    from tests.test_checkpoint import engine as asr_engine
+
+    engine: Engine = asr_engine()
+    engine.feed_many(list(SpeechScenario(outcomes=2000, seed=1).events()))
+    engine.flush()
+    table = slice_table(engine)
+    table["daemon"] = {"lag": [{"topic": "p", "partition": 0, "lag": 1}], "paused": [], "batch_seconds": 0.1,
+                       "messages": [{"topic": "p", "result": "valid", "count": 1}],
+                       "checkpoint": {"last_wall": 1.0, "duration": 0.1, "bytes": 10, "count": 1}}
+    collector = SliceCollector()
+    collector.publish(table)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return {s.name for m in registry.collect() for s in m.samples}
+
+
+def test_every_metric_a_rule_names_is_one_the_daemon_exposes() -> None:
+    exposed = exposed_metric_names()
+    named = set(re.findall(r"\blastmile_[a-z_]+", RULES.read_text()))
+    missing = sorted(n for n in named if n not in exposed)
+    assert not missing, f"rules name metrics the daemon does not expose: {missing}"
