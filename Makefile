@@ -27,7 +27,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m tests.bench.statistics
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check monitor tests
+	$(BIN)/ruff check monitor tests deploy
+	$(BIN)/python deploy/grafana/generate.py --check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

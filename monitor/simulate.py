@@ -44,6 +44,7 @@ class SpeechScenario:
     outcomes: int = 200_000
     seed: int = 7
     incident_at: float | None = 0.5  # fraction of the stream after which the incident starts (None: no incident)
+    incident_until: float = 1.0  # fraction of the stream after which the ward is quiet again
     rate_per_second: float = 20.0  # predictions per second of event time
     feedback_missing: float = 0.05
     feedback_duplicate: float = 0.01
@@ -76,10 +77,11 @@ class SpeechScenario:
         u_fb = rng.random(n)
         u_bad = rng.random(n)
         incident_from = int(n * self.incident_at) if self.incident_at is not None else n + 1
+        incident_to = int(n * self.incident_until)
         ward = rng.random(n) < INCIDENT_SHARE
         # per-utterance true WER, then its own overdispersed rate, drawn for all utterances at once
         noise_of = [noises[j] for j in n_idx]
-        for i in range(incident_from, n):
+        for i in range(incident_from, min(incident_to, n)):
             if tenants[t_idx[i]] == INCIDENT_TENANT and ward[i]:
                 noise_of[i] = INCIDENT_NOISE
         p = np.array([self.true_wer(tenants[t_idx[i]], accents[a_idx[i]], devices[d_idx[i]], noise_of[i])

@@ -89,8 +89,16 @@ def exposed_metric_names() -> set[str]:
     return {s.name for m in registry.collect() for s in m.samples}
 
 
-def test_every_metric_a_rule_names_is_one_the_daemon_exposes() -> None:
+@pytest.mark.parametrize("asset", [RULES, DEPLOY / "grafana" / "dashboards" / "lastmile.json"],
+                         ids=["rules", "dashboard"])
+def test_every_metric_a_rule_or_panel_names_is_one_the_daemon_exposes(asset) -> None:
     exposed = exposed_metric_names()
-    named = set(re.findall(r"\blastmile_[a-z_]+", RULES.read_text()))
+    named = set(re.findall(r"\blastmile_[a-z_]+", asset.read_text()))
+    assert named, asset
     missing = sorted(n for n in named if n not in exposed)
-    assert not missing, f"rules name metrics the daemon does not expose: {missing}"
+    assert not missing, f"{asset.name} names metrics the daemon does not expose: {missing}"
+
+
+def test_the_dashboard_is_generated_and_current() -> None:
+    run_ok = subprocess.run(["python3", str(DEPLOY / "grafana" / "generate.py"), "--check"], capture_output=True, text=True)
+    assert run_ok.returncode == 0, run_ok.stderr
