@@ -28,6 +28,7 @@ The loop, one thread, in order::
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import time
@@ -104,7 +105,7 @@ class Daemon:
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self.on_alert = on_alert or (lambda a: log.warning("%s %s %s", a.state.upper(), a.kind, a.summary))
-        self.engine = Engine(cfg)
+        self.engine = Engine(cfg, ordered=True)
         self.positions: dict[Any, int] = {}  # TopicPartition → next offset to process
         self.last_ts: dict[Any, float] = {}
         self.lag: dict[Any, int] = {}
@@ -186,7 +187,7 @@ class Daemon:
         if not self._dirty and self._loaded is not None and self.store.latest_sequence() == self._loaded[0]:
             return self._loaded[1]
         ckpt = self.store.latest()
-        self.engine = Engine(self.cfg)
+        self.engine = Engine(self.cfg, ordered=True)
         if ckpt is not None:
             self.engine.restore(ckpt.data, ckpt.arrays)
             log.info("restored checkpoint %s (%d outcomes)", ckpt.path.name, self.engine.outcomes)
@@ -296,6 +297,7 @@ class Daemon:
                 self.messages[(tp.topic, "valid")] += len(messages) - invalid
                 if invalid:
                     self.messages[(tp.topic, "invalid")] += invalid
+        self._emit(engine.release(self._event_time_horizon()))
         self._emit(engine.flush())
         self.batch_seconds = self.clock() - started
         if len(recent) == recent.maxlen and sum(recent) > limit.ratio * len(recent):
@@ -304,6 +306,24 @@ class Daemon:
                 f"(limit {limit.ratio:.0%}; by reason so far: {dict(engine.invalid)}). Check kafka.topics and "
                 f"events.fields; nothing after the last checkpoint was committed, so the events are read again "
                 f"once the config is fixed.")
+
+    def _event_time_horizon(self) -> float:
+        """No outcome earlier than this can still arrive: the least event time over partitions with
+        messages left to read (each partition is in event-time order), or +inf when all are caught up.
+        Unknown (no fetch answered yet, or nothing valid read from a partition that is behind): -inf."""
+        horizon = math.inf
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                return -math.inf
+            pos = self.positions.get(tp)
+            if pos is not None and pos >= high or pos is None and high == 0:
+                continue  # caught up
+            ts = self.last_ts.get(tp)
+            if ts is None:
+                return -math.inf
+            horizon = min(horizon, ts)
+        return horizon
 
     def _dead_letter(self, msg: Any, reason: str) -> None:
         if self.producer is None:

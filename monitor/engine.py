@@ -9,11 +9,13 @@ demo and (later) the Kafka daemon feed it and publish what it returns.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from monitor import kernel as K
@@ -57,8 +59,14 @@ def thresholds(cfg: Config) -> tuple[float, float]:
 
 
 class Engine:
-    def __init__(self, cfg: Config, baselines: Baselines | None = None):
+    """The engine; with ``ordered``, joined outcomes are held and reach the detectors in event-time
+    order, (ts, id), as the caller's watermark passes them (:meth:`release`): replay and the daemon
+    then see the same sequence however files were split or partitions interleaved."""
+
+    def __init__(self, cfg: Config, baselines: Baselines | None = None, ordered: bool = False):
         self.cfg = cfg
+        self.ordered = ordered
+        self._held: list[tuple[float, str, Outcome]] = []  # heap of outcomes awaiting release
         self.decoder = Decoder(cfg.events)
         self.joiner = Joiner(cfg.join.ttl, cfg.join.max_pending)
         self.scorer = Scorer(cfg.metrics)
@@ -176,7 +184,10 @@ class Engine:
                 self.watermark = ev.ts
             outcome = join(ev)
             if outcome is not None:
-                alerts.extend(self.add_outcome(outcome))
+                if self.ordered:
+                    heapq.heappush(self._held, (outcome.ts, outcome.id, outcome))
+                else:
+                    alerts.extend(self.add_outcome(outcome))
         return alerts
 
     def feed_event(self, ev: Event) -> list[Alert]:
@@ -186,7 +197,29 @@ class Engine:
         outcome = self.joiner.add(ev)
         if outcome is None:
             return []
+        if self.ordered:
+            heapq.heappush(self._held, (outcome.ts, outcome.id, outcome))
+            return []
         return self.add_outcome(outcome)
+
+    def release(self, upto: float) -> list[Alert]:
+        """Held outcomes with event time before ``upto`` go on to the detectors, in (ts, id) order.
+
+        The caller promises that no outcome earlier than ``upto`` is still to come (a watermark).
+        """
+        alerts: list[Alert] = []
+        held = self._held
+        while held and held[0][0] < upto:
+            alerts += self.add_outcome(heapq.heappop(held)[2])
+        return alerts
+
+    def drain(self) -> list[Alert]:
+        """Everything held and buffered through the detectors (end of input)."""
+        return self.release(math.inf) + self.flush()
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
 
     def add_outcome(self, o: Outcome) -> list[Alert]:
         try:
@@ -253,6 +286,7 @@ class Engine:
             "watermark": self.watermark, "rows": n,
             "active": [a.to_dict() for a in self.active.values()],
             "join": self.joiner.state(), "slices": self.slices.state(),
+            "held": msgspec.msgpack.encode([o for _, _, o in self._held]),
         }
         return data, {"st": self.st[:n].copy(), "det": self.det[:n].copy()}
 
@@ -264,6 +298,8 @@ class Engine:
         self.events, self.invalid = Counter(data["events"]), Counter(data["invalid"])
         self.outcomes, self.watermark = data["outcomes"], data["watermark"]
         self.joiner.restore(data["join"])
+        self._held = [(o.ts, o.id, o) for o in msgspec.msgpack.decode(data["held"], type=list[Outcome])]
+        heapq.heapify(self._held)
         self.slices.restore(data["slices"])
         n = data["rows"]
         self.st, self.det = K.new_rows(max(n, 64), len(LAMBDAS))

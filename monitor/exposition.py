@@ -124,6 +124,8 @@ def _pipeline_families(p: dict[str, Any]) -> Iterator[Any]:
         invalid.add_metric([reason], count)
     yield invalid
     yield CounterMetricFamily("lastmile_outcomes", "Joined outcomes scored.", value=p["outcomes"])
+    yield GaugeMetricFamily("lastmile_outcomes_held", "Joined outcomes waiting for the event-time watermark.",
+                            value=p.get("held_for_event_time_order", 0))
     j = p["join"]
     yield GaugeMetricFamily("lastmile_join_pending", "Predictions/feedback waiting for their other half.", value=j["pending"])
     expired = CounterMetricFamily("lastmile_join_expired", "Pending entries expired by TTL.", labels=["kind"])

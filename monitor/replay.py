@@ -64,6 +64,7 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
                 on_alert(a)
 
     if engine.cfg.replay.order_by_event_time:
+        engine.ordered = True  # outcomes reach the detectors in (ts, id) order, like the daemon's
         decoded = []
         decode = engine.decoder.decode
         for line in _lines(files, progress):
@@ -78,10 +79,12 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
 
             ordered = tqdm(decoded, desc="process", unit="ev", unit_scale=True, file=sys.stderr, leave=False,
                            mininterval=0.25)
-        for ev in ordered:
+        for n, ev in enumerate(ordered, 1):
             emit(engine.feed_event(ev))
+            if n % 4096 == 0:
+                emit(engine.release(ev.ts))  # every later event, and so outcome, is at least this late
     else:
         for line in _lines(files, progress):
             emit(engine.feed(line))
-    emit(engine.flush())
+    emit(engine.drain())
     return alerts

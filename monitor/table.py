@@ -78,6 +78,7 @@ def slice_table(engine: Engine) -> dict[str, Any]:
             "events": dict(sorted(engine.events.items())),
             "invalid": dict(sorted(engine.invalid.items())),
             "outcomes": engine.outcomes,
+            "held_for_event_time_order": engine.held,
             "join": {
                 "joined": j.joined,
                 "outcome_events": j.outcomes_direct,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -97,8 +98,15 @@ def expected_table(lines: list[bytes], tmp_path: Path) -> dict:
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     engine = Engine(load_config(ROOT / "config" / "asr.yaml"))
-    replay(engine, [path], progress=False)
-    return slice_table(engine)
+    alerts = replay(engine, [path], progress=False)
+    table = slice_table(engine)
+    table["transitions"] = {f"{a.state.upper()} {a.kind} {a.summary}" for a in alerts}
+    return table
+
+
+def logged_transitions(log: Path) -> set[str]:
+    """Alert transitions the daemon logged; work redone after a restart logs identical lines."""
+    return {m.group(1) for m in re.finditer(r"lastmile: ((?:FIRING|RESOLVED) \w+ .+)$", log.read_text(), re.M)}
 
 
 def numbers(table: dict) -> dict:
@@ -122,6 +130,7 @@ def test_daemon_equals_replay_and_stops_cleanly_on_sigterm(broker, tmp_path) -> 
     assert numbers(body) == numbers(expected)
     assert body["pipeline"]["invalid"] == expected["pipeline"]["invalid"]
     assert {a["fingerprint"] for a in body["alerts"]} == {a["fingerprint"] for a in expected["alerts"]}
+    assert logged_transitions(daemon.log) == expected["transitions"]
     assert daemon.get("/readyz")[0] == 200 and daemon.get("/healthz")[0] == 200
     status, metrics_text = 0, ""
     with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=3) as resp:
@@ -166,6 +175,8 @@ def test_kill_minus_9_at_random_points_loses_nothing_and_counts_nothing_twice(br
     assert body["pipeline"]["invalid"] == expected["pipeline"]["invalid"]
     assert {a["fingerprint"] for a in body["alerts"]} == {a["fingerprint"] for a in expected["alerts"]}
     assert daemon.terminate() == 0
+    # every transition, with its value and n, as replay has it: outcomes met the detectors in the same order
+    assert expected["transitions"] and logged_transitions(daemon.log) == expected["transitions"]
 
 
 def test_broker_outage_not_ready_then_recovers_by_itself(broker, tmp_path) -> None:
