@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from monitor.sinks import AlertingLinks, DeliveryConfig, SinkConfig
+
 METRIC_NAMES = ("error_rate", "fpr", "fnr", "wer", "cer", "abs_error", "squared_error")
 #: metrics whose per-outcome error is naturally bounded by its units (so a cap is implied)
 BOUNDED_METRICS = {"error_rate": 1.0, "fpr": 1.0, "fnr": 1.0, "wer": 1.0, "cer": 1.0}
@@ -236,6 +238,10 @@ class Config(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     #: SIGTERM/SIGINT: finish the batch, checkpoint, commit and exit within this long
     shutdown_grace: Duration = 30.0
+    #: where the daemon delivers alerts itself (besides /metrics for Prometheus rules)
+    sinks: list[SinkConfig] = Field(default_factory=list)
+    delivery: DeliveryConfig = DeliveryConfig()
+    alert_links: AlertingLinks = AlertingLinks()
 
     #: directory of the config file, to resolve relative paths (not a config key)
     base_dir: str = Field(".", exclude=True)
@@ -328,6 +334,14 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
     for model in cfg.models:
         if cfg.events.models is not None and model not in cfg.events.models:
             problems.append((f"models.{model}", f"not in events.models {cfg.events.models}"))
+    names = [s.name for s in cfg.sinks]
+    for i, sink in enumerate(cfg.sinks):
+        if names.count(sink.name) > 1:
+            problems.append((f"sinks[{i}].name", f"sink name {sink.name!r} is used twice"))
+        if sink.type in ("alertmanager", "webhook") and not sink.url:
+            problems.append((f"sinks[{i}].url", f"required for {sink.type}"))
+        if sink.type in ("pagerduty", "opsgenie") and sink.secret is None:
+            problems.append((f"sinks[{i}].secret", f"{sink.type} needs its key: {{env: VAR}} or {{file: path}}"))
     if cfg.metrics.max_units_per_outcome < 1 and cfg.primary_metric in ("wer", "cer"):
         problems.append(("metrics.max_units_per_outcome", "must be at least 1 word/character"))
     return problems

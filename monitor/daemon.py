@@ -41,10 +41,12 @@ from kafka import ConsumerRebalanceListener
 from monitor.alerts import Alert
 from monitor.checkpoint import CheckpointError, CheckpointStore
 from monitor.config import Config
+from monitor.delivery import Dispatcher
 from monitor.engine import Engine
 from monitor.events import InvalidEvent
 from monitor.exposition import SliceCollector
 from monitor.server import Health, Server
+from monitor.sinks import build_sink
 from monitor.table import slice_table
 
 log = logging.getLogger("lastmile")
@@ -105,6 +107,7 @@ class Daemon:
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self.on_alert = on_alert or (lambda a: log.warning("%s %s %s", a.state.upper(), a.kind, a.summary))
+        self.dispatcher = Dispatcher([build_sink(c) for c in cfg.sinks], cfg.delivery, cfg.alert_links)
         self.engine = Engine(cfg, ordered=True)
         self.positions: dict[Any, int] = {}  # TopicPartition → next offset to process
         self.last_ts: dict[Any, float] = {}
@@ -136,6 +139,7 @@ class Daemon:
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._restore()  # a damaged checkpoint stops us before touching Kafka
+            self.dispatcher.start()
             self._connect()
             while not self.stopping:
                 self.step()
@@ -173,6 +177,7 @@ class Daemon:
         self._close(commit=False)
 
     def _close(self, commit: bool) -> None:
+        self.dispatcher.stop(timeout=5.0)
         if self.producer is not None:
             self.producer.close(timeout=5)
         if self.consumer is not None:
@@ -191,6 +196,7 @@ class Daemon:
         if ckpt is not None:
             self.engine.restore(ckpt.data, ckpt.arrays)
             log.info("restored checkpoint %s (%d outcomes)", ckpt.path.name, self.engine.outcomes)
+        self.dispatcher.restore(ckpt.data.get("outbox") if ckpt is not None else None)
         offsets = ckpt.offsets if ckpt is not None else {}
         self._loaded = (ckpt.sequence if ckpt is not None else 0, offsets)
         self._dirty = False
@@ -236,6 +242,7 @@ class Daemon:
         if offsets != self._checkpointed or self.checkpoint_stats["count"] == 0:
             started = self.clock()
             data, arrays = self.engine.state()
+            data["outbox"] = self.dispatcher.state()
             path = self.store.save(offsets, data, arrays)
             self.checkpoint_stats.update(last_wall=time.time(), duration=self.clock() - started,
                                          bytes=path.stat().st_size, count=self.checkpoint_stats["count"] + 1)
@@ -335,6 +342,8 @@ class Daemon:
     def _emit(self, alerts: list[Alert]) -> None:
         for alert in alerts:
             self.on_alert(alert)
+            if self.dispatcher.sinks:
+                self.dispatcher.submit(alert.to_dict())
 
     def _refresh_lag(self) -> None:
         assignment = list(self.positions) or list(self.consumer.assignment())
@@ -375,6 +384,8 @@ class Daemon:
             "paused": sorted(f"{tp.topic}/{tp.partition}" for tp in self.paused),
             "checkpoint": dict(self.checkpoint_stats),
             "messages": [{"topic": t, "result": r, "count": c} for (t, r), c in sorted(self.messages.items())],
+            "deliveries": [{"sink": k, "result": r, "count": c} for (k, r), c in sorted(self.dispatcher.stats.items())],
+            "outbox": self.dispatcher.pending,
             "batch_seconds": self.batch_seconds,
         }
         self.collector.publish(table)

@@ -183,3 +183,10 @@ def _daemon_families(d: dict[str, Any]) -> Iterator[Any]:
     yield CounterMetricFamily("lastmile_checkpoints", "Checkpoints written.", value=c["count"])
     yield GaugeMetricFamily("lastmile_batch_processing_seconds", "Wall time the last polled batch took to process.",
                             value=d["batch_seconds"])
+    deliveries = CounterMetricFamily("lastmile_alert_deliveries", "Alert deliveries by sink and result "
+                                     "(delivered, retried, rejected, gave_up, dropped).", labels=["sink", "result"])
+    for row in d.get("deliveries", []):
+        deliveries.add_metric([row["sink"], row["result"]], row["count"])
+    yield deliveries
+    yield GaugeMetricFamily("lastmile_alert_outbox", "Alert deliveries waiting (retries included).",
+                            value=d.get("outbox", 0))
