@@ -29,6 +29,7 @@ bench: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check monitor tests deploy
 	$(BIN)/python deploy/grafana/generate.py --check
+	$(BIN)/python deploy/kubernetes/generate.py --check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -319,3 +319,43 @@ def test_sink_config_errors_name_the_sink() -> None:
         parse_config({"sinks": [{"name": "pd", "type": "pagerduty"}, {"name": "pd", "type": "webhook"}]})
     problems = dict(info.value.problems)
     assert "sinks[0].secret" in problems and "sinks[1].url" in problems and "sinks[1].name" in problems
+
+
+def test_alertmanager_sink_against_the_real_alertmanager(tmp_path) -> None:
+    import subprocess
+    import urllib.request
+
+    from tests.kafka_harness import free_port
+    from tests.test_deploy import tool
+
+    binary = tool("prometheus-alertmanager")
+    port = free_port()
+    (tmp_path / "am.yml").write_text("route: {receiver: none}\nreceivers: [{name: none}]\n")
+    am = subprocess.Popen([binary, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path}",
+                           f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def active() -> list[dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/alerts?active=true", timeout=2) as resp:
+                return json.loads(resp.read())
+        except OSError:
+            return []
+
+    try:
+        wait(lambda: active() == [], timeout=20)
+        d = dispatcher(SinkConfig(name="am", type="alertmanager", url=f"http://127.0.0.1:{port}"))
+        now = datetime.now().astimezone()
+        firing = alert("firing", now.isoformat())
+        d.submit(firing)
+        wait(lambda: len(active()) == 1)
+        (got,) = active()
+        assert got["labels"]["alertname"] == "LastmileSliceDrift" and got["labels"]["tenant"] == "st-marys"
+        assert got["annotations"]["summary"] == firing["summary"] and got["status"]["state"] == "active"
+        d.submit(alert("resolved", now.isoformat()))
+        wait(lambda: active() == [])
+        d.stop()
+        assert d.stats[("am", "rejected")] == 0
+    finally:
+        am.terminate()
+        am.wait(timeout=10)

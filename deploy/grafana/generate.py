@@ -121,6 +121,8 @@ def dashboard() -> dict:
             variable("tenant", 'label_values(lastmile_slice_outcomes_total{model="$model", combination="tenant"}, tenant)',
                      "Tenant", include_all=True),
             variable("combination", 'label_values(lastmile_slice_outcomes_total{model="$model"}, combination)', "Slices"),
+            # any dimension value (accent=scottish, noise=ward-b, age_band=65+, ...) filters every panel
+            {"name": "filters", "label": "Dimension values", "type": "adhoc", "datasource": DS},
         ]},
         "annotations": {"list": []},
         "panels": panels,
