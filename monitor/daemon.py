@@ -384,7 +384,7 @@ class Daemon:
             "paused": sorted(f"{tp.topic}/{tp.partition}" for tp in self.paused),
             "checkpoint": dict(self.checkpoint_stats),
             "messages": [{"topic": t, "result": r, "count": c} for (t, r), c in sorted(self.messages.items())],
-            "deliveries": [{"sink": k, "result": r, "count": c} for (k, r), c in sorted(self.dispatcher.stats.items())],
+            "deliveries": [{"sink": k, "result": r, "count": c} for k, r, c in self.dispatcher.stats_snapshot()],
             "outbox": self.dispatcher.pending,
             "batch_seconds": self.batch_seconds,
         }

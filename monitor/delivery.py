@@ -92,7 +92,7 @@ class Dispatcher:
     def _enqueue(self, delivery: Delivery) -> None:
         if len(self._queue) >= self.cfg.outbox_max:
             dropped = self._queue.popleft()
-            self.stats[(dropped.sink, "dropped")] += 1
+            self.stats[(dropped.sink, "dropped")] += 1  # caller holds the lock
             log.error("outbox full (%d): dropped an alert for %s", self.cfg.outbox_max, dropped.sink)
         self._queue.append(delivery)
 
@@ -158,25 +158,34 @@ class Dispatcher:
         except OSError as exc:
             status, body, headers = 0, str(exc), {}
         if 200 <= status < 300:
-            self.stats[(d.sink, "delivered")] += 1
             with self._cond:
+                self.stats[(d.sink, "delivered")] += 1
                 self._delivered[(d.sink, d.record["fingerprint"])] = (d.record["state"], d.record["ts"])
             return
         if status == 0 or status == 429 or status >= 500:
             d.attempt += 1
             if d.attempt >= self.cfg.max_attempts:
-                self.stats[(d.sink, "gave_up")] += 1
+                self._count(d.sink, "gave_up")
                 log.error("%s: giving up after %d attempts (%s)", d.sink, d.attempt, sink.mask(body)[:300])
                 return
-            self.stats[(d.sink, "retried")] += 1
+            self._count(d.sink, "retried")
             delay = self._backoff(d.attempt, headers.get("Retry-After") or headers.get("retry-after"))
             d.due = self._clock() + delay
             with self._cond:
                 self._queue.append(d)
             log.warning("%s: %s, retry %d in %.1fs", d.sink, status or sink.mask(body)[:200], d.attempt, delay)
             return
-        self.stats[(d.sink, "rejected")] += 1
+        self._count(d.sink, "rejected")
         log.error("%s rejected an alert with %d (not retried): %s", d.sink, status, sink.mask(body)[:500])
+
+    def _count(self, sink: str, result: str) -> None:
+        with self._cond:
+            self.stats[(sink, result)] += 1
+
+    def stats_snapshot(self) -> list[tuple[str, str, int]]:
+        """(sink, result, count), copied under the lock: the delivery thread keeps counting."""
+        with self._cond:
+            return [(sink, result, count) for (sink, result), count in sorted(self.stats.items())]
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         cap = min(self.cfg.backoff_max_seconds, self.cfg.backoff_initial_seconds * 2 ** (attempt - 1))
