@@ -23,6 +23,7 @@ from monitor.simulate import SpeechScenario
 from monitor.table import slice_table
 from tests.conftest import ROOT
 from tests.kafka_harness import Broker, free_port, produce, start_broker
+from tests.receivers import PostCollector
 
 pytestmark = pytest.mark.slow
 
@@ -121,36 +122,11 @@ def setup_stream(broker: Broker, outcomes: int, seed: int, partitions: int = 4):
     return topics, lines
 
 
-class Receiver:
-    """A webhook endpoint collecting what lastmile's webhook sink posts (the alert record)."""
-
-    def __init__(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.records: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                outer.records.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                return
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/alerts"
-        import threading
-
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 def test_daemon_equals_replay_and_stops_cleanly_on_sigterm(broker, tmp_path) -> None:
     topics, lines = setup_stream(broker, 20_000, seed=21)
     produce(broker.bootstrap, topics, lines)
     expected = expected_table(lines, tmp_path)
-    receiver = Receiver()
+    receiver = PostCollector()
     daemon = DaemonProcess(broker, topics, tmp_path / "state", f"g-{tmp_path.name}")
     daemon.env["LASTMILE__SINKS"] = f"[{{name: hook, type: webhook, url: '{receiver.url}'}}]"
     daemon.start()
@@ -162,11 +138,11 @@ def test_daemon_equals_replay_and_stops_cleanly_on_sigterm(broker, tmp_path) -> 
     assert daemon.get("/readyz")[0] == 200 and daemon.get("/healthz")[0] == 200
     # the webhook sink received every transition, each once, with its links
     deadline = time.monotonic() + 20
-    while len(receiver.records) < len(expected["transitions"]) and time.monotonic() < deadline:
+    while len(receiver.bodies) < len(expected["transitions"]) and time.monotonic() < deadline:
         time.sleep(0.2)
-    delivered = [f"{r['state'].upper()} {r['kind']} {r['summary']}" for r in receiver.records]
+    delivered = [f"{r['state'].upper()} {r['kind']} {r['summary']}" for r in receiver.bodies]
     assert sorted(delivered) == sorted(expected["transitions"])
-    assert all(r["runbook_url"].endswith(".md") and r["severity"] == "page" for r in receiver.records)
+    assert all(r["runbook_url"].endswith(".md") and r["severity"] == "page" for r in receiver.bodies)
     status, metrics_text = 0, ""
     with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/metrics", timeout=3) as resp:
         status, metrics_text = resp.status, resp.read().decode()

@@ -11,11 +11,9 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ import pytest
 from monitor.simulate import SpeechScenario
 from tests.conftest import ROOT
 from tests.kafka_harness import free_port, produce
+from tests.receivers import PostCollector
 from tests.test_daemon import DaemonProcess, broker  # noqa: F401 - the broker fixture
 from tests.test_deploy import tool
 
@@ -32,29 +31,11 @@ VARIABLES = {"$model": "asr-en", "$metric": "wer", "$combination": "tenant+accen
              "$__rate_interval": "1m"}
 
 
-class Webhook:
-    """Alertmanager's webhook contract: POST JSON with status and alerts."""
-
-    def __init__(self) -> None:
-        self.received: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                return
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/lastmile"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+class Webhook(PostCollector):
+    """Alertmanager's webhook receiver: each POST carries a status and its alerts."""
 
     def alerts(self, status: str) -> list[dict]:
-        return [a for msg in self.received for a in msg["alerts"] if a["status"] == status]
+        return [a for msg in self.bodies for a in msg["alerts"] if a["status"] == status]
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
