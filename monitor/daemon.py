@@ -43,7 +43,6 @@ from monitor.checkpoint import CheckpointError, CheckpointStore
 from monitor.config import Config
 from monitor.delivery import Dispatcher
 from monitor.engine import Engine
-from monitor.events import InvalidEvent
 from monitor.exposition import SliceCollector
 from monitor.server import Health, Server
 from monitor.sinks import build_sink
@@ -281,29 +280,26 @@ class Daemon:
             return
         self._dirty = True
         started = self.clock()
-        engine, decode = self.engine, self.engine.decoder.decode
+        engine = self.engine
         limit = self.cfg.kafka.invalid_limit
         recent = self._recent_invalid
         for tp, messages in batch.items():
-            invalid = 0
-            for msg in messages:
-                raw = msg.value
-                try:
-                    ev = decode(raw if raw is not None else b"")
-                except InvalidEvent as exc:
-                    engine.invalid[exc.reason] += 1
-                    invalid += 1
-                    recent.append(True)
-                    self._dead_letter(msg, exc.reason)
-                    continue
-                recent.append(False)
-                self.last_ts[tp] = ev.ts
-                self._emit(engine.feed_event(ev))
-            if messages:
-                self.positions[tp] = messages[-1].offset + 1
-                self.messages[(tp.topic, "valid")] += len(messages) - invalid
-                if invalid:
-                    self.messages[(tp.topic, "invalid")] += invalid
+            if not messages:
+                continue
+            bad: list[tuple[int, str]] = []
+            self._emit(engine.feed_many([m.value if m.value is not None else b"" for m in messages],
+                                        on_invalid=lambda i, reason, bad=bad: bad.append((i, reason))))
+            if engine.last_event_ts is not None:
+                self.last_ts[tp] = engine.last_event_ts
+            flags = [False] * len(messages)
+            for i, reason in bad:
+                flags[i] = True
+                self._dead_letter(messages[i], reason)
+            recent.extend(flags)
+            self.positions[tp] = messages[-1].offset + 1
+            self.messages[(tp.topic, "valid")] += len(messages) - len(bad)
+            if bad:
+                self.messages[(tp.topic, "invalid")] += len(bad)
         self._emit(engine.release(self._event_time_horizon()))
         self._emit(engine.flush())
         self.batch_seconds = self.clock() - started

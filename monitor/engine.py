@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -67,6 +67,7 @@ class Engine:
         self.cfg = cfg
         self.ordered = ordered
         self._held: list[tuple[float, str, Outcome]] = []  # heap of outcomes awaiting release
+        self.last_event_ts: float | None = None  # of the last valid event of the last feed_many
         self.decoder = Decoder(cfg.events)
         self.joiner = Joiner(cfg.join.ttl, cfg.join.max_pending)
         self.scorer = Scorer(cfg.metrics)
@@ -169,25 +170,35 @@ class Engine:
         """One raw event (a JSON object); invalid ones are counted by reason and skipped."""
         return self.feed_many((raw,))
 
-    def feed_many(self, raws: Iterable[bytes | str]) -> list[Alert]:
-        """Many raw events: the hot path, so :meth:`feed` and :meth:`feed_event` are inlined here."""
+    def feed_many(self, raws: Iterable[bytes | str],
+                  on_invalid: Callable[[int, str], None] | None = None) -> list[Alert]:
+        """Many raw events: the hot path, so :meth:`feed` and :meth:`feed_event` are inlined here.
+
+        ``on_invalid(index, reason)`` hears of each rejected event (the daemon dead-letters it).
+        """
         alerts: list[Alert] = []
         decode, invalid, events, join = self.decoder.decode, self.invalid, self.events, self.joiner.add
-        for raw in raws:
+        held, ordered, push = self._held, self.ordered, heapq.heappush
+        watermark, last_ts = self.watermark, None
+        for i, raw in enumerate(raws):
             try:
                 ev = decode(raw)
             except InvalidEvent as exc:
                 invalid[exc.reason] += 1
+                if on_invalid is not None:
+                    on_invalid(i, exc.reason)
                 continue
             events[ev.kind] += 1
-            if ev.ts > self.watermark:
-                self.watermark = ev.ts
+            last_ts = ev.ts
+            if last_ts > watermark:
+                watermark = self.watermark = last_ts  # the join reads it: keep it current
             outcome = join(ev)
             if outcome is not None:
-                if self.ordered:
-                    heapq.heappush(self._held, (outcome.ts, outcome.id, outcome))
+                if ordered:
+                    push(held, (outcome.ts, outcome.id, outcome))
                 else:
                     alerts.extend(self.add_outcome(outcome))
+        self.last_event_ts = last_ts
         return alerts
 
     def feed_event(self, ev: Event) -> list[Alert]:
