@@ -54,6 +54,10 @@ _LAG_REFRESH_S = 5.0
 _PUBLISH_EVERY_S = 1.0
 
 
+class _StopRequested(Exception):
+    """SIGTERM/SIGINT arrived before the daemon was connected."""
+
+
 class InvalidLimitExceeded(RuntimeError):
     """Nearly every recent event was invalid: a misconfigured topic or field mapping."""
 
@@ -86,6 +90,7 @@ def consumer_config(cfg: Config) -> dict[str, Any]:
         "max_poll_interval_ms": int(k.max_poll_interval * 1000),
         "session_timeout_ms": int(k.session_timeout * 1000),
         "heartbeat_interval_ms": max(int(k.session_timeout * 1000) // 3, 100),
+        "bootstrap_timeout_ms": 10_000,  # then retried with backoff, so a stop request is heard
     }
     conf.update(k.client)  # security and client settings pass straight through
     return conf
@@ -144,6 +149,10 @@ class Daemon:
                 self.step()
             self._shutdown()
             return 0
+        except _StopRequested:
+            log.info("stopped before connecting to Kafka")
+            self._close(commit=False)
+            return 0
         except CheckpointError as exc:
             log.error("%s", exc)
             return 2
@@ -158,10 +167,26 @@ class Daemon:
                 http.close()
 
     def _connect(self) -> None:
+        """Connect, retrying with backoff while the brokers cannot be reached (live, not ready)."""
         from kafka import KafkaConsumer, KafkaProducer
+        from kafka.errors import KafkaError
 
         make_consumer = self._consumer_factory or KafkaConsumer
-        self.consumer = make_consumer(**consumer_config(self.cfg))
+        delay = 1.0
+        while True:
+            try:
+                self.consumer = make_consumer(**consumer_config(self.cfg))
+                break
+            except KafkaError as exc:
+                log.warning("cannot reach Kafka at %s (%s); retrying in %.0fs", self.cfg.kafka.bootstrap_servers,
+                            exc, delay)
+                deadline = self.clock() + delay
+                while self.clock() < deadline:
+                    if self.stopping:
+                        raise _StopRequested from None
+                    self.health.beat()
+                    time.sleep(0.2)  # not the processing loop: nothing to process yet
+                delay = min(delay * 2, 30.0)
         self.listener = _Listener()
         self.consumer.subscribe(self.topics, listener=self.listener)
         if self.cfg.kafka.dead_letter_topic:

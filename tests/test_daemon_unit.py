@@ -48,3 +48,25 @@ def test_a_damaged_checkpoint_stops_the_daemon_before_it_touches_kafka(tmp_path,
 
     assert Daemon(cfg, consumer_factory=no_kafka).run(server=False) == 2
     assert "ckpt-000000000001.lmc is not a lastmile checkpoint" in caplog.text and "aside" in caplog.text
+
+
+def test_unreachable_kafka_at_start_keeps_the_daemon_live_not_ready_and_stoppable(tmp_path) -> None:
+    import threading
+    import time
+
+    from kafka.errors import KafkaTimeoutError
+
+    attempts = []
+
+    def no_broker(**_kwargs):
+        attempts.append(time.monotonic())
+        raise KafkaTimeoutError("Bootstrap timed out")
+
+    cfg = make_config(checkpoint={"directory": str(tmp_path)})
+    d = Daemon(cfg, consumer_factory=no_broker)
+    threading.Timer(2.5, d.request_stop).start()  # SIGTERM while it is still waiting
+    started = time.monotonic()
+    assert d.run(server=False) == 0
+    assert time.monotonic() - started < 5
+    assert len(attempts) >= 2  # it retried
+    assert d.health.live()[0] and not d.health.ready()[0]
