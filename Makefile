@@ -28,6 +28,7 @@ bench: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check monitor tests deploy
+	$(BIN)/mypy monitor
 	$(BIN)/python deploy/grafana/generate.py --check
 	$(BIN)/python deploy/kubernetes/generate.py --check
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from monitor.sinks import AlertingLinks, DeliveryConfig, SinkConfig
 
 METRIC_NAMES = ("error_rate", "fpr", "fnr", "wer", "cer", "abs_error", "squared_error")
+MetricName = Literal["error_rate", "fpr", "fnr", "wer", "cer", "abs_error", "squared_error"]
 #: metrics whose per-outcome error is naturally bounded by its units (so a cap is implied)
 BOUNDED_METRICS = {"error_rate": 1.0, "fpr": 1.0, "fnr": 1.0, "wer": 1.0, "cer": 1.0}
 
@@ -98,9 +99,7 @@ class TextConfig(_Strict):
 
 
 class MetricsConfig(_Strict):
-    names: list[Literal["error_rate", "fpr", "fnr", "wer", "cer", "abs_error", "squared_error"]] = Field(
-        default_factory=lambda: ["error_rate"], min_length=1
-    )
+    names: list[MetricName] = Field(default_factory=lambda: list[MetricName](["error_rate"]), min_length=1)
     #: the positive class of a binary classifier (string or integer); enables fpr / fnr
     positive_class: str | int | None = None
     text: TextConfig = TextConfig()
@@ -320,11 +319,11 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
         from monitor.events import parse_ts
 
         bounds = []
-        for key in ("start", "end"):
+        for bound in ("start", "end"):
             try:
-                bounds.append(parse_ts(getattr(cfg.baseline.reference, key)))
+                bounds.append(parse_ts(getattr(cfg.baseline.reference, bound)))
             except ValueError as exc:
-                problems.append((f"baseline.reference.{key}", str(exc)))
+                problems.append((f"baseline.reference.{bound}", str(exc)))
         if len(bounds) == 2 and bounds[0] >= bounds[1]:
             problems.append(("baseline.reference", "start must be before end"))
     cap = cfg.error_cap()
@@ -334,9 +333,9 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
     for model in cfg.models:
         if cfg.events.models is not None and model not in cfg.events.models:
             problems.append((f"models.{model}", f"not in events.models {cfg.events.models}"))
-    names = [s.name for s in cfg.sinks]
+    sink_names = [s.name for s in cfg.sinks]
     for i, sink in enumerate(cfg.sinks):
-        if names.count(sink.name) > 1:
+        if sink_names.count(sink.name) > 1:
             problems.append((f"sinks[{i}].name", f"sink name {sink.name!r} is used twice"))
         if sink.type in ("alertmanager", "webhook") and not sink.url:
             problems.append((f"sinks[{i}].url", f"required for {sink.type}"))

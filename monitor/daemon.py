@@ -34,6 +34,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from kafka import ConsumerRebalanceListener
@@ -73,6 +74,10 @@ class _Listener(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.changed = True
+
+
+def _note(into: list[tuple[int, str]], index: int, reason: str) -> None:
+    into.append((index, reason))
 
 
 def consumer_config(cfg: Config) -> dict[str, Any]:
@@ -313,7 +318,7 @@ class Daemon:
                 continue
             bad: list[tuple[int, str]] = []
             self._emit(engine.feed_many([m.value if m.value is not None else b"" for m in messages],
-                                        on_invalid=lambda i, reason, bad=bad: bad.append((i, reason))))
+                                        on_invalid=partial(_note, bad)))
             if engine.last_event_ts is not None:
                 self.last_ts[tp] = engine.last_event_ts
             flags = [False] * len(messages)

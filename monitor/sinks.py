@@ -138,7 +138,7 @@ class AlertmanagerSink(Sink):
                  "generatorURL": record.get("dashboard_url") or record["runbook_url"]}
         if record["state"] == "resolved":
             alert["endsAt"] = record["ts"]
-        return Request("POST", self.cfg.url.rstrip("/") + "/api/v2/alerts", [alert], {})
+        return Request("POST", (self.cfg.url or "").rstrip("/") + "/api/v2/alerts", [alert], {})  # url: checked
 
 
 class PagerDutySink(Sink):

@@ -78,7 +78,8 @@ class SliceIndex:
     def route(self, model: str, tenant: str | None, attributes: dict[str, str]) -> list[int]:
         """Slice ids of every tracked combination for this outcome, population first."""
         get = attributes.get
-        ids = self._routes.get((model, tenant, *[get(d) for d in self._attr_dims]))
+        raw_key = (model, tenant, *[get(d) for d in self._attr_dims])
+        ids = self._routes.get(raw_key)
         if ids is not None:
             return ids
         values = []
@@ -91,7 +92,7 @@ class SliceIndex:
         overflowed = OTHER in capped or self.slice_overflow != overflow_before
         if not overflowed and len(self._routes) < _ROUTE_CACHE_MAX:
             # overflowed routes are recomputed each time so overflow stays counted per outcome
-            self._routes[(model, tenant, *[get(d) for d in self._attr_dims])] = ids
+            self._routes[raw_key] = ids
         return ids
 
     def _cap_value(self, model: str, dim: int, value: str) -> str:
