@@ -4,7 +4,7 @@ Data flows one way. :meth:`Engine.feed` takes raw event bytes (or decoded events
 and skips invalid ones, joins predictions with feedback, scores each outcome and routes it to
 its slices; outcomes are buffered and handed to the compiled :mod:`monitor.kernel` in
 batches. Alert transitions come back in event order. Nothing here does I/O: replay, the
-demo and (later) the Kafka daemon feed it and publish what it returns.
+demo and the Kafka daemon feed it and publish what it returns.
 """
 
 from __future__ import annotations

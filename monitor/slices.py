@@ -6,7 +6,7 @@ dimension) and ``attributes``; a missing one is ``unknown``, never imputed.
 
 Bounds: each model keeps at most ``max_values_per_dimension`` distinct values per dimension
 and ``max_slices`` slices in total; anything beyond maps to ``__other__`` and is counted, so
-a flood of new values cannot grow memory (or, later, Prometheus series) without bound.
+a flood of new values cannot grow memory (or Prometheus series) without bound.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The slice table: the per-slice numbers as JSON (``--summary-out``, later ``GET /v1/slices``).
+"""The slice table: the per-slice numbers as JSON (``--summary-out`` and ``GET /v1/slices``).
 
 Built from one consistent copy of the engine's state, so a reader on another thread never
 sees a half-updated batch.
