@@ -20,7 +20,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from monitor.sinks import AlertingLinks, DeliveryConfig, SinkConfig
 
-METRIC_NAMES = ("error_rate", "fpr", "fnr", "wer", "cer", "abs_error", "squared_error")
 MetricName = Literal["error_rate", "fpr", "fnr", "wer", "cer", "abs_error", "squared_error"]
 #: metrics whose per-outcome error is naturally bounded by its units (so a cap is implied)
 BOUNDED_METRICS = {"error_rate": 1.0, "fpr": 1.0, "fnr": 1.0, "wer": 1.0, "cer": 1.0}
@@ -341,6 +340,8 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
             problems.append((f"sinks[{i}].url", f"required for {sink.type}"))
         if sink.type in ("pagerduty", "opsgenie") and sink.secret is None:
             problems.append((f"sinks[{i}].secret", f"{sink.type} needs its key: {{env: VAR}} or {{file: path}}"))
+        if sink.type == "slack" and sink.secret is None and not sink.url:
+            problems.append((f"sinks[{i}].secret", "slack needs its webhook URL, as `secret` (it is one) or `url`"))
     if cfg.metrics.max_units_per_outcome < 1 and cfg.primary_metric in ("wer", "cer"):
         problems.append(("metrics.max_units_per_outcome", "must be at least 1 word/character"))
     return problems

@@ -83,11 +83,6 @@ def bernoulli_kl(p1: float, p0: float) -> float:
     return p1 * math.log(p1 / p0) + (1 - p1) * math.log((1 - p1) / (1 - p0))
 
 
-def oracle_cusum_delay(p0: float, p1: float, arl: float) -> float:
-    """Delay of the CUSUM that knows both rates, at average run length ``arl`` (Lorden)."""
-    return math.log(arl) / bernoulli_kl(p1, p0)
-
-
 class OracleCusum:
     """The yardstick: Bernoulli CUSUM with the true pre/post-change rates, threshold ln(arl)."""
 

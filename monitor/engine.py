@@ -32,15 +32,22 @@ _OUT_CAPACITY = 4096
 _KINDS = ("drift", "disparity")
 
 
+def decision_enabled(cfg: Config, kind: str) -> bool:
+    """Is drift / disparity decided for some model (globally or by a per-model override)?"""
+    if kind == "drift" and cfg.baseline.source == "none":
+        return False  # nothing to drift from
+    overrides = (getattr(o, kind) for o in cfg.models.values())
+    return getattr(cfg, kind).enabled or any(d is not None and d.enabled for d in overrides)
+
+
 def detectors_per_outcome(cfg: Config) -> int:
     """How many detector increments one outcome can cause: what the false-alarm budget divides by."""
     combos = 1 + sum(1 for c in cfg.slices.combinations if c)
     metrics = len(cfg.metrics.names)
     per = 0
-    drift = cfg.drift.enabled or any(o.drift and o.drift.enabled for o in cfg.models.values())
-    if drift and cfg.baseline.source != "none":
+    if decision_enabled(cfg, "drift"):
         per += combos * metrics
-    if cfg.disparity.enabled or any(o.disparity and o.disparity.enabled for o in cfg.models.values()):
+    if decision_enabled(cfg, "disparity"):
         per += (combos - 1) * metrics
     return max(per, 1)
 
@@ -115,13 +122,9 @@ class Engine:
             p[K.P_REFSTART] = parse_ts(ref.start)
             p[K.P_REFEND] = parse_ts(ref.end)
         p[K.P_SIGMAS] = cfg.baseline.margin_sigmas
-        drift = (cfg.drift.enabled or self._any_override("drift")) and cfg.baseline.source != "none"
-        p[K.P_DRIFT] = 1.0 if drift else 0.0
-        p[K.P_DISP] = 1.0 if (cfg.disparity.enabled or self._any_override("disparity")) else 0.0
+        p[K.P_DRIFT] = 1.0 if decision_enabled(cfg, "drift") else 0.0
+        p[K.P_DISP] = 1.0 if decision_enabled(cfg, "disparity") else 0.0
         return p
-
-    def _any_override(self, kind: str) -> bool:
-        return any(getattr(o, kind) is not None and getattr(o, kind).enabled for o in self.cfg.models.values())
 
     def decision(self, model: str, kind: str) -> DecisionConfig:
         override = self.cfg.models.get(model)
@@ -178,7 +181,6 @@ class Engine:
         """
         alerts: list[Alert] = []
         decode, invalid, events, join = self.decoder.decode, self.invalid, self.events, self.joiner.add
-        held, ordered, push = self._held, self.ordered, heapq.heappush
         watermark, last_ts = self.watermark, None
         for i, raw in enumerate(raws):
             try:
@@ -194,10 +196,7 @@ class Engine:
                 watermark = self.watermark = last_ts  # the join reads it: keep it current
             outcome = join(ev)
             if outcome is not None:
-                if ordered:
-                    push(held, (outcome.ts, outcome.id, outcome))
-                else:
-                    alerts.extend(self.add_outcome(outcome))
+                alerts += self._accept(outcome)
         self.last_event_ts = last_ts
         return alerts
 
@@ -206,8 +205,10 @@ class Engine:
         if ev.ts > self.watermark:
             self.watermark = ev.ts
         outcome = self.joiner.add(ev)
-        if outcome is None:
-            return []
+        return [] if outcome is None else self._accept(outcome)
+
+    def _accept(self, outcome: Outcome) -> list[Alert]:
+        """A joined outcome: held for event-time order, or on to the detectors now."""
         if self.ordered:
             heapq.heappush(self._held, (outcome.ts, outcome.id, outcome))
             return []

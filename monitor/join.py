@@ -169,9 +169,6 @@ class Joiner:
         # entries inserted later are checked when the watermark next passes this point
         self._next_expiry = next_expiry if next_expiry != float("inf") else self.watermark
 
-    def pending_events(self) -> Iterator[Event]:
-        return iter(self._pending.values())
-
     # ---- checkpointing: plain data only (lists, dicts, numbers, strings) ----------------------
     def state(self) -> dict[str, Any]:
         # pending events and joined ids are msgpack-encoded here, in C, in insertion order (which

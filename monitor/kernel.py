@@ -102,6 +102,25 @@ def _clear(det, r, a, b):
 
 
 @numba.njit(cache=True, nogil=True)
+def _transition(st, det, r, i, kind, state, reference, n_out, out_i, out_row, out_kind, out_state, out_vals):
+    """Flip the row's alert state, restart both detectors of that kind, record the transition."""
+    if kind == KIND_DRIFT:
+        st[r, DSTATE] = state
+        _clear(det, r, DRIFT_FIRE, DRIFT_RESOLVE)
+    else:
+        st[r, PSTATE] = state
+        _clear(det, r, DISP_FIRE, DISP_RESOLVE)
+    out_i[n_out] = i
+    out_row[n_out] = r
+    out_kind[n_out] = kind
+    out_state[n_out] = state
+    out_vals[n_out, 0] = st[r, WE] / max(st[r, WU], _EPS)  # the windowed estimate
+    out_vals[n_out, 1] = reference
+    out_vals[n_out, 2] = st[r, N]
+    return n_out + 1
+
+
+@numba.njit(cache=True, nogil=True)
 def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row, out_kind, out_state, out_vals):
     """Update state for outcomes ``start..`` of the batch; stop early if the output could overflow.
 
@@ -181,16 +200,8 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row,
                         z = (ec - bf * u) / (bf * scale)
                         top = _step(det, r, DRIFT_FIRE, z, lambdas)
                         if top >= h and alertable and _lme(det, r, DRIFT_FIRE) >= h:
-                            st[r, DSTATE] = 1.0
-                            _clear(det, r, DRIFT_FIRE, DRIFT_RESOLVE)
-                            out_i[n_out] = i
-                            out_row[n_out] = r
-                            out_kind[n_out] = KIND_DRIFT
-                            out_state[n_out] = 1
-                            out_vals[n_out, 0] = st[r, WE] / max(st[r, WU], _EPS)
-                            out_vals[n_out, 1] = b
-                            out_vals[n_out, 2] = st[r, N]
-                            n_out += 1
+                            n_out = _transition(st, det, r, i, KIND_DRIFT, 1, b,
+                                                n_out, out_i, out_row, out_kind, out_state, out_vals)
                     else:
                         br = b + resolve * tol
                         room = cap - br
@@ -198,16 +209,8 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row,
                             z = (br * u - ec) / (room * scale)
                             top = _step(det, r, DRIFT_RESOLVE, z, lambdas)
                             if top >= hr and _lme(det, r, DRIFT_RESOLVE) >= hr:
-                                st[r, DSTATE] = 0.0
-                                _clear(det, r, DRIFT_FIRE, DRIFT_RESOLVE)
-                                out_i[n_out] = i
-                                out_row[n_out] = r
-                                out_kind[n_out] = KIND_DRIFT
-                                out_state[n_out] = 0
-                                out_vals[n_out, 0] = st[r, WE] / max(st[r, WU], _EPS)
-                                out_vals[n_out, 1] = b
-                                out_vals[n_out, 2] = st[r, N]
-                                n_out += 1
+                                n_out = _transition(st, det, r, i, KIND_DRIFT, 0, b,
+                                                    n_out, out_i, out_row, out_kind, out_state, out_vals)
                 # -- disparity: this slice against the rest of its model, block by block
                 if c == 0 or not disp_on or st[r, TOL_P] < 0.0:  # TOL_P < 0: disabled for this model
                     continue
@@ -239,29 +242,15 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row,
                     z = (es_c - (rc + tolp) * us) / ((cap + tolp) * bscale)
                     top = _step(det, r, DISP_FIRE, z, lambdas)
                     if top >= h and alertable and comp_n >= st[r, MIN_N] and _lme(det, r, DISP_FIRE) >= h:
-                        st[r, PSTATE] = 1.0
-                        _clear(det, r, DISP_FIRE, DISP_RESOLVE)
-                        out_i[n_out] = i
-                        out_row[n_out] = r
-                        out_kind[n_out] = KIND_DISPARITY
-                        out_state[n_out] = 1
-                        out_vals[n_out, 0] = st[r, WE] / max(st[r, WU], _EPS)
-                        out_vals[n_out, 1] = st[r, CWE] / max(st[r, CWU], _EPS)
-                        out_vals[n_out, 2] = st[r, N]
-                        n_out += 1
+                        rest = st[r, CWE] / max(st[r, CWU], _EPS)
+                        n_out = _transition(st, det, r, i, KIND_DISPARITY, 1, rest,
+                                            n_out, out_i, out_row, out_kind, out_state, out_vals)
                 else:
                     z = ((rc + resolve * tolp) * us - es_c) / (cap * bscale)
                     top = _step(det, r, DISP_RESOLVE, z, lambdas)
                     if top >= hr and _lme(det, r, DISP_RESOLVE) >= hr:
-                        st[r, PSTATE] = 0.0
-                        _clear(det, r, DISP_FIRE, DISP_RESOLVE)
-                        out_i[n_out] = i
-                        out_row[n_out] = r
-                        out_kind[n_out] = KIND_DISPARITY
-                        out_state[n_out] = 0
-                        out_vals[n_out, 0] = st[r, WE] / max(st[r, WU], _EPS)
-                        out_vals[n_out, 1] = st[r, CWE] / max(st[r, CWU], _EPS)
-                        out_vals[n_out, 2] = st[r, N]
-                        n_out += 1
+                        rest = st[r, CWE] / max(st[r, CWU], _EPS)
+                        n_out = _transition(st, det, r, i, KIND_DISPARITY, 0, rest,
+                                            n_out, out_i, out_row, out_kind, out_state, out_vals)
         i += 1
     return n_out, i

@@ -87,12 +87,17 @@ def exposed_metric_names() -> set[str]:
     table = slice_table(engine)
     table["daemon"] = {"lag": [{"topic": "p", "partition": 0, "lag": 1}], "paused": [], "batch_seconds": 0.1,
                        "messages": [{"topic": "p", "result": "valid", "count": 1}],
+                       "deliveries": [{"sink": "pd", "result": "delivered", "count": 1}], "outbox": 0,
                        "checkpoint": {"last_wall": 1.0, "duration": 0.1, "bytes": 10, "count": 1}}
     collector = SliceCollector()
     collector.publish(table)
     registry = CollectorRegistry()
     registry.register(collector)
-    return {s.name for m in registry.collect() for s in m.samples}
+    families = list(registry.collect())
+    # sample names, plus each family's own name: a labelled counter with nothing counted yet is
+    # still exposed (HELP/TYPE) though it has no samples
+    return ({s.name for m in families for s in m.samples} | {m.name for m in families}
+            | {m.name + "_total" for m in families if m.type == "counter"})
 
 
 @pytest.mark.parametrize("asset", [RULES, DEPLOY / "grafana" / "dashboards" / "lastmile.json"],
@@ -103,6 +108,18 @@ def test_every_metric_a_rule_or_panel_names_is_one_the_daemon_exposes(asset) -> 
     assert named, asset
     missing = sorted(n for n in named if n not in exposed)
     assert not missing, f"{asset.name} names metrics the daemon does not expose: {missing}"
+
+
+def test_every_metric_the_readme_documents_is_exposed() -> None:
+    exposed = exposed_metric_names()
+    text = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"`(lastmile_[a-z_]+)", text)) | {
+        base + suffix for base, suffixes in re.findall(r"`(lastmile_[a-z_]+)` \(([^)]*)\)", text)
+        for suffix in re.findall(r"`(_[a-z]+)`", suffixes)}
+    assert len(documented) > 25
+    # a histogram or counter family is exposed through its sample names (_bucket, _total, ...)
+    missing = sorted(n for n in documented if not any(e == n or e.startswith(n + "_") for e in exposed))
+    assert not missing, f"the README documents metrics the daemon does not expose: {missing}"
 
 
 def test_the_dashboard_is_generated_and_current() -> None:

@@ -319,6 +319,9 @@ def test_sink_config_errors_name_the_sink() -> None:
         parse_config({"sinks": [{"name": "pd", "type": "pagerduty"}, {"name": "pd", "type": "webhook"}]})
     problems = dict(info.value.problems)
     assert "sinks[0].secret" in problems and "sinks[1].url" in problems and "sinks[1].name" in problems
+    with pytest.raises(ConfigError) as info:
+        parse_config({"sinks": [{"name": "chat", "type": "slack"}]})
+    assert "sinks[0].secret" in dict(info.value.problems)
 
 
 def test_alertmanager_sink_against_the_real_alertmanager(tmp_path) -> None:

@@ -124,7 +124,6 @@ def restart_to_ready(env: dict[str, str], port: int) -> str:
     time.sleep(2)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    started = time.monotonic()
     second = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     warm = wait_ready(second)
     second.send_signal(signal.SIGTERM)
@@ -140,7 +139,6 @@ def restart_to_ready(env: dict[str, str], port: int) -> str:
     static = wait_ready(fourth)
     fourth.send_signal(signal.SIGTERM)
     fourth.wait(timeout=60)
-    del started
     return (f"restart to ready: first start {cold:.1f}s; after kill -9 {warm:.1f}s (the dead member's session "
             f"times out first); with static membership (kafka.client.group_instance_id) {static:.1f}s")
 
