@@ -50,18 +50,42 @@ class Alert:
     fingerprint: str
     tolerance: float
     summary: str = field(default="")
+    #: drift: where the baseline came from, ``file`` | ``reference`` | ``inherited``
+    baseline_source: str | None = None
+    #: inherited baselines: the ancestor slice whose own baseline this slice is held to
+    baseline_from: dict[str, str] | None = None
+    #: a new condition (first seen after its model's reference period): when it was first seen
+    first_seen: str | None = None
+    #: an already-firing alert on an ancestor slice explains this one (same outcomes, or the
+    #: ancestor's rate inside this slice's interval): it is grouped under it and pages no one
+    explained_by: dict[str, str] | None = None
+    #: fingerprint of the alert that pages for this cause (its own when nothing explains it)
+    incident: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def make(kind: str, state: str, model: str, slice_: dict[str, str], metric: str, value: float,
-             reference: float, n: int, ts: float, tolerance: float) -> Alert:
+             reference: float, n: int, ts: float, tolerance: float, *, baseline_source: str | None = None,
+             baseline_from: dict[str, str] | None = None, first_seen: float | None = None,
+             explained_by: dict[str, str] | None = None, incident: str | None = None) -> Alert:
         title = _METRIC_TITLES.get(metric, metric)
-        against = "its baseline" if kind == "drift" else "the rest"
+        if kind != "drift":
+            against = "the rest"
+        elif baseline_source == "inherited" and baseline_from is not None:
+            against = f"the baseline inherited from {describe_slice(baseline_from)}"
+        else:
+            against = "its baseline" + (" (baseline file)" if baseline_source == "file" else "")
         where = describe_slice(slice_)
+        if first_seen is not None:
+            where = f"the new condition {where} (first seen {rfc3339(first_seen)})"
         verb = "is" if state == "firing" else "is back to"
         summary = (f"{title} for {where} ({model}) {verb} {value:.3f} vs {reference:.3f} for {against} "
                    f"(n={n:,})")
+        if explained_by is not None:
+            summary += f"; part of the incident on {describe_slice(explained_by)}"
+        fp = fingerprint(model, slice_, kind, metric)
         return Alert(kind, state, model, dict(slice_), metric, round(value, 6), round(reference, 6), n, rfc3339(ts),
-                     fingerprint(model, slice_, kind, metric), tolerance, summary)
+                     fp, tolerance, summary, baseline_source, baseline_from,
+                     rfc3339(first_seen) if first_seen is not None else None, explained_by, incident or fp)

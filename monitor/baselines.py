@@ -66,3 +66,31 @@ class Baselines:
         if value is None:
             value = self._entries.get(("*", items, metric))
         return value
+
+
+class Lineage:
+    """Which tracked combinations are ancestors of which, nearest first.
+
+    A slice's ancestors are the slices with one of its ``dimension = value`` pairs removed,
+    recursively up to the population ``{}``. Only tracked combinations hold estimates, so for
+    each combination this lists, level by level (one pair removed, two, ..., all), the tracked
+    combinations at that level that it contains, with where their dimensions sit in its values.
+
+    >>> Lineage(((), (0,), (1,), (0, 1))).levels[3]
+    [[(1, (0,)), (2, (1,))], [(0, ())]]
+    """
+
+    def __init__(self, combos: tuple[tuple[int, ...], ...]):
+        self.levels: list[list[list[tuple[int, tuple[int, ...]]]]] = []
+        for combo in combos:
+            levels = []
+            for size in range(len(combo) - 1, -1, -1):
+                level = [(j, tuple(combo.index(d) for d in sub)) for j, sub in enumerate(combos)
+                         if len(sub) == size and set(sub) <= set(combo)]
+                if level:
+                    levels.append(level)
+            self.levels.append(levels)
+
+    def ancestors(self, combo: int, values: tuple[str, ...]) -> list[list[tuple[int, tuple[str, ...]]]]:
+        """``(combination, values)`` of each ancestor, grouped by level, nearest level first."""
+        return [[(j, tuple(values[p] for p in pos)) for j, pos in level] for level in self.levels[combo]]

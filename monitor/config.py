@@ -81,6 +81,9 @@ class EventsConfig(_Strict):
     max_models: int = Field(64, ge=1)
     #: longest accepted string in ``output`` / ``label`` (characters)
     max_text_chars: int = Field(20000, ge=1)
+    #: events timed further ahead than this are rejected as ``future_timestamp`` and move no
+    #: watermark: ahead of the wall clock in the daemon, of the stream's robust watermark in replay
+    max_future: Duration = 86400.0
 
 
 class JoinConfig(_Strict):
@@ -123,6 +126,7 @@ class SlicesConfig(_Strict):
 
 
 class ReferenceOutcomes(_Strict):
+    #: the model's first this many outcomes (all slices together) are its reference period
     outcomes: int = Field(ge=10)
 
 
@@ -132,12 +136,18 @@ class ReferenceTime(_Strict):
 
 
 class BaselineConfig(_Strict):
-    #: ``reference``: learned per slice from a reference period; ``file``: given per slice
+    #: ``reference``: learned from the model's reference period; ``file``: given per slice
+    #: (a service card); ``none``: no drift decisions. Slices with no baseline of their own
+    #: inherit their nearest ancestors' (the largest of them).
     source: Literal["reference", "file", "none"] = "reference"
     file: str | None = None
-    #: for ``file``: slices the file does not list learn a reference baseline instead
+    #: for ``file``: slices the file does not list may learn one in the reference period too
     fallback_to_reference: bool = True
-    reference: Union[ReferenceOutcomes, ReferenceTime] = ReferenceOutcomes(outcomes=1000)
+    #: the model's reference period: its first N outcomes, or a time range
+    reference: Union[ReferenceOutcomes, ReferenceTime] = ReferenceOutcomes(outcomes=50_000)
+    #: a slice learns a baseline of its own only from at least this many reference outcomes;
+    #: thinner slices (and slices first seen later) inherit one from their ancestors
+    min_outcomes: int = Field(1000, ge=10)
     #: a learned baseline is the reference estimate plus this many standard errors
     #: (outcome-level, so correlated words within an utterance are respected)
     margin_sigmas: float = Field(2.0, ge=0)
@@ -314,6 +324,11 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
             problems.append(("baseline.file", "baseline.source is 'file' but no file is given"))
         elif not cfg.resolve_path(cfg.baseline.file).is_file():
             problems.append(("baseline.file", f"no such file: {cfg.resolve_path(cfg.baseline.file)}"))
+    ref = cfg.baseline.reference
+    if isinstance(ref, ReferenceOutcomes) and cfg.baseline.min_outcomes > ref.outcomes:
+        problems.append(("baseline.min_outcomes", f"{cfg.baseline.min_outcomes} is more than the whole reference period "
+                                                  f"(baseline.reference.outcomes = {ref.outcomes}): no slice could learn "
+                                                  "a baseline"))
     if isinstance(cfg.baseline.reference, ReferenceTime):
         from monitor.events import parse_ts
 

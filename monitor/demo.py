@@ -32,18 +32,30 @@ def _fmt(x: float | None) -> str:
     return "    -" if x is None else f"{x:.3f}"
 
 
+def _name(slice_: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in slice_.items()) or "(all traffic)"
+
+
+def _baseline(row: dict[str, Any]) -> str:
+    """Where the baseline came from: ``reference``, ``file``, or ``from <ancestor>`` when inherited."""
+    source = row.get("baseline_source")
+    if source == "inherited":
+        return f"from {_name(row['baseline_from'])}"
+    return source or "-"
+
+
 def format_table(table: dict[str, Any], limit: int = 60) -> str:
-    """One-way slices and every alerting slice, worst first within each group."""
-    rows = [r for r in table["slices"] if len(r["slice"]) <= 1 or r["status"] == "alerting"]
+    """One-way slices and every alerting or new slice, worst first within each group."""
+    rows = [r for r in table["slices"] if len(r["slice"]) <= 1 or r["status"] == "alerting" or r.get("new")]
     rows.sort(key=lambda r: (r["status"] != "alerting", len(r["slice"]), list(r["slice"]), -(r["value"] or 0)))
-    lines = [f"{'slice':44} {'n':>8} {'value':>6} {'window':>6} {'95% interval':>14} {'baseline':>8}  status"]
+    lines = [f"{'slice':40} {'n':>8} {'value':>6} {'window':>6} {'95% interval':>14} {'baseline':>8} "
+             f"{'baseline source':30} status"]
     for r in rows[:limit]:
-        name = ", ".join(f"{k}={v}" for k, v in r["slice"].items()) or "(all traffic)"
         w = r["window"]
         interval = f"[{_fmt(w['lower'])},{_fmt(w['upper'])}]" if w["lower"] is not None else ""
-        status = r["status"] + (f" ({'+'.join(r['firing'])})" if r["firing"] else "")
-        lines.append(f"{name[:44]:44} {r['n']:>8,} {_fmt(r['value']):>6} {_fmt(w['value']):>6} {interval:>14} "
-                     f"{_fmt(r['baseline']):>8}  {status}")
+        status = ("new, " if r.get("new") else "") + r["status"] + (f" ({'+'.join(r['firing'])})" if r["firing"] else "")
+        lines.append(f"{_name(r['slice'])[:40]:40} {r['n']:>8,} {_fmt(r['value']):>6} {_fmt(w['value']):>6} "
+                     f"{interval:>14} {_fmt(r['baseline']):>8} {_baseline(r)[:30]:30} {status}")
     if len(rows) > limit:
         lines.append(f"... {len(rows) - limit} more rows (lastmile replay --summary-out gives them all)")
     return "\n".join(lines)
@@ -106,7 +118,10 @@ def run_demo(outcomes: int = 200_000, seed: int = 7, port: int = 9464, pace: flo
           f"{p['join']['pending']:,} still unlabelled, {sum(p['join']['duplicates'].values()):,} duplicates ignored\n",
           file=out)
     print(format_table(table), file=out)
-    print(f"\n{len(table['alerts'])} alert(s) firing at the end; tracked {p['slices']['tracked']} slices.", file=out)
+    firing = table["alerts"]
+    pages = sum(1 for a in firing if a["explained_by"] is None)
+    print(f"\n{len(firing)} alert(s) firing at the end, {pages} of them paging (the rest are grouped under the "
+          f"alert that explains them); tracked {p['slices']['tracked']} slices.", file=out)
     if server is not None:
         server.close()
     return 0

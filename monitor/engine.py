@@ -13,23 +13,32 @@ import heapq
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
 
 from monitor import kernel as K
-from monitor.alerts import Alert
-from monitor.baselines import Baselines
+from monitor.alerts import Alert, fingerprint
+from monitor.baselines import Baselines, Lineage
 from monitor.config import Config, DecisionConfig, ReferenceOutcomes, ReferenceTime
 from monitor.edetector import LAMBDAS
 from monitor.events import Decoder, Event, InvalidEvent, parse_ts
 from monitor.join import Joiner, Outcome
 from monitor.scoring import Scorer, ScoreError
-from monitor.slices import SliceIndex
+from monitor.kernel import F
+from monitor.slices import SliceIndex, SliceKey
 
 _OUT_CAPACITY = 4096
 _KINDS = ("drift", "disparity")
+_OTHER_KIND = {"drift": "disparity", "disparity": "drift"}
+_OWN = (K.Source.FILE, K.Source.REFERENCE)
+
+
+class Provenance(NamedTuple):
+    source: str | None  # "file" | "reference" | "inherited" | None (no baseline yet, or none)
+    ancestor: dict[str, str] | None  # inherited: the slice it came from
+    first_seen: float | None  # a new slice (first seen after its model's reference period): when
 
 
 def decision_enabled(cfg: Config, kind: str) -> bool:
@@ -79,6 +88,7 @@ class Engine:
         self.joiner = Joiner(cfg.join.ttl, cfg.join.max_pending)
         self.scorer = Scorer(cfg.metrics)
         self.slices = SliceIndex(cfg.slices)
+        self.lineage = Lineage(self.slices.combos)
         self.metrics = tuple(cfg.metrics.names)
         if baselines is None and cfg.baseline.source == "file" and cfg.baseline.file:
             baselines = Baselines.load(cfg.resolve_path(cfg.baseline.file), cfg.primary_metric)
@@ -104,26 +114,25 @@ class Engine:
     def _params(self) -> np.ndarray:
         cfg = self.cfg
         p = np.zeros(K.NPARAMS, dtype=np.float64)
-        p[K.P_CAP] = cfg.error_cap()
-        p[K.P_UMAX] = cfg.metrics.max_units_per_outcome
-        p[K.P_GAMMA] = 1.0 - 1.0 / cfg.slices.window
-        p[K.P_H] = self.h_fire
-        p[K.P_HR] = self.h_resolve
-        p[K.P_RESOLVE] = cfg.alerting.resolve_fraction
+        p[K.P.CAP] = cfg.error_cap()
+        p[K.P.UMAX] = cfg.metrics.max_units_per_outcome
+        p[K.P.GAMMA] = 1.0 - 1.0 / cfg.slices.window
+        p[K.P.H] = self.h_fire
+        p[K.P.HR] = self.h_resolve
+        p[K.P.RESOLVE] = cfg.alerting.resolve_fraction
         ref = cfg.baseline.reference
         if cfg.baseline.source == "none" or (cfg.baseline.source == "file" and not cfg.baseline.fallback_to_reference):
-            p[K.P_REFMODE] = K.REF_NONE
+            p[K.P.REFMODE] = K.Ref.NONE
         elif isinstance(ref, ReferenceOutcomes):
-            p[K.P_REFMODE] = K.REF_OUTCOMES
-            p[K.P_REFN] = ref.outcomes
+            p[K.P.REFMODE] = K.Ref.OUTCOMES
+            p[K.P.REFN] = ref.outcomes
         else:
             assert isinstance(ref, ReferenceTime)
-            p[K.P_REFMODE] = K.REF_TIME
-            p[K.P_REFSTART] = parse_ts(ref.start)
-            p[K.P_REFEND] = parse_ts(ref.end)
-        p[K.P_SIGMAS] = cfg.baseline.margin_sigmas
-        p[K.P_DRIFT] = 1.0 if decision_enabled(cfg, "drift") else 0.0
-        p[K.P_DISP] = 1.0 if decision_enabled(cfg, "disparity") else 0.0
+            p[K.P.REFMODE] = K.Ref.TIME
+            p[K.P.REFSTART] = parse_ts(ref.start)
+            p[K.P.REFEND] = parse_ts(ref.end)
+        p[K.P.DRIFT] = 1.0 if decision_enabled(cfg, "drift") else 0.0
+        p[K.P.DISP] = 1.0 if decision_enabled(cfg, "disparity") else 0.0
         return p
 
     def decision(self, model: str, kind: str) -> DecisionConfig:
@@ -132,7 +141,8 @@ class Engine:
         return dec or getattr(self.cfg, kind)
 
     def _init_rows(self) -> None:
-        """Give every newly tracked slice its rows (one per metric) with its settings."""
+        """Give every newly tracked slice its rows (one per metric) with its settings and, where it
+        can have one already, its baseline."""
         n_metrics = len(self.metrics)
         needed = len(self.slices) * n_metrics
         if needed > self.st.shape[0]:
@@ -142,7 +152,8 @@ class Engine:
             det[: self.det.shape[0]] = self.det
             self.st, self.det = st, det
         cfg = self.cfg
-        for sid in range(self._rows_ready // n_metrics, len(self.slices)):
+        first = self._rows_ready // n_metrics
+        for sid in range(first, len(self.slices)):
             key = self.slices.keys[sid]
             desc = self.slices.describe(sid)
             override = cfg.models.get(key.model)
@@ -151,22 +162,71 @@ class Engine:
             alertable = cfg.alerting.alert_on_overflow or not self.slices.is_overflow(sid)
             for m, metric in enumerate(self.metrics):
                 row = self.st[sid * n_metrics + m]
-                row[K.MIN_N] = min_n
-                row[K.TOL_D] = drift.tolerance
-                row[K.REL_D] = drift.relative_tolerance
-                row[K.TOL_P] = disp.tolerance if disp.enabled else -1.0
-                row[K.REL_P] = disp.relative_tolerance
-                row[K.ALERTABLE] = 1.0 if alertable else 0.0
+                row[F.MIN_N] = min_n
+                row[F.TOL_D] = drift.tolerance
+                row[F.REL_D] = drift.relative_tolerance
+                row[F.TOL_P] = disp.tolerance if disp.enabled else -1.0
+                row[F.REL_P] = disp.relative_tolerance
+                row[F.ALERTABLE] = 1.0 if alertable else 0.0
                 given = self.baselines.lookup(key.model, desc, metric) if self.baselines is not None else None
-                if given is not None:
-                    row[K.BASE] = given
-                    row[K.RDONE] = 1.0
-                elif self.params[K.P_REFMODE] == K.REF_NONE:
-                    row[K.RDONE] = 1.0
-                if not drift.enabled:
-                    row[K.BASE] = math.nan
-                    row[K.RDONE] = 1.0
+                if not drift.enabled or cfg.baseline.source == "none":
+                    row[F.BSRC] = K.Source.NONE
+                elif given is not None:
+                    row[F.BASE] = given
+                    row[F.BSRC] = K.Source.FILE
         self._rows_ready = len(self.slices) * n_metrics
+        # slices first seen after their model's reference period (or with none) inherit at once
+        self._inherit(sid for sid in range(first, len(self.slices)) if self._reference_closed(sid))
+
+    def _reference_closed(self, sid: int) -> bool:
+        if self.params[K.P.REFMODE] == K.Ref.NONE:
+            return True
+        pop = self.slices.population(self.slices.keys[sid].model) * len(self.metrics)
+        return pop < self._rows_ready and not math.isnan(self.st[pop, F.MREF_CLOSED])
+
+    def _close_reference(self, model_row: int) -> None:
+        """The model's reference period is over: slices with enough reference outcomes get their own
+        baseline (estimate + margin); every other slice of the model inherits one."""
+        n_metrics = len(self.metrics)
+        model = self.slices.keys[model_row // n_metrics].model
+        sids = [sid for sid, key in enumerate(self.slices.keys) if key.model == model]
+        rows = np.array([sid * n_metrics + m for sid in sids for m in range(n_metrics)], dtype=np.int64)
+        st = self.st[rows]
+        learn = (st[:, F.BSRC] == K.Source.PENDING) & (st[:, F.RN] >= self.cfg.baseline.min_outcomes) & (st[:, F.RU] > 0)
+        ru = np.where(learn, st[:, F.RU], 1.0)
+        rate = st[:, F.RE] / ru
+        ss = st[:, F.RE2] - 2.0 * rate * st[:, F.REU] + rate * rate * st[:, F.RU2]
+        se = np.sqrt(np.maximum(ss, 0.0)) / ru
+        base = np.minimum(rate + self.cfg.baseline.margin_sigmas * se, self.params[K.P.CAP])
+        st[learn, F.BASE] = base[learn]
+        st[learn, F.BSRC] = K.Source.REFERENCE
+        self.st[rows] = st
+        self._inherit(sids)
+
+    def _inherit(self, sids: Iterable[int]) -> None:
+        """Rows still without a baseline take the largest own baseline (file or reference) among
+        their nearest ancestors that have one; none anywhere up to the population: no drift test."""
+        n_metrics = len(self.metrics)
+        st, keys, ids = self.st, self.slices.keys, self.slices._ids
+        for sid in sids:
+            key = keys[sid]
+            for m in range(n_metrics):
+                row = st[sid * n_metrics + m]
+                if row[F.BSRC] != K.Source.PENDING:
+                    continue
+                row[F.BSRC] = K.Source.NONE
+                for level in self.lineage.ancestors(key.combo, key.values):
+                    best, best_sid = -1.0, -1
+                    for combo, values in level:
+                        a = ids.get(SliceKey(key.model, combo, values))
+                        if a is None:
+                            continue
+                        arow = st[a * n_metrics + m]
+                        if arow[F.BSRC] in _OWN and arow[F.BASE] > best:
+                            best, best_sid = arow[F.BASE], a
+                    if best_sid >= 0:
+                        row[F.BASE], row[F.BSRC], row[F.BANC] = best, K.Source.INHERITED, best_sid
+                        break
 
     # ---- input -------------------------------------------------------------------------------
     def feed(self, raw: bytes | str) -> list[Alert]:
@@ -268,11 +328,13 @@ class Engine:
         out_i, out_row, out_kind, out_state, out_vals = self._out
         start = 0
         while start < len(ts):
-            n_out, start = K.process_batch(self.st, self.det, rows, eu, ts, self.params, self.lambdas, start,
-                                           out_i, out_row, out_kind, out_state, out_vals)
+            n_out, start, closed = K.process_batch(self.st, self.det, rows, eu, ts, self.params, self.lambdas, start,
+                                                   out_i, out_row, out_kind, out_state, out_vals)
             for j in range(n_out):
                 alerts.append(self._alert(int(out_row[j]), int(out_kind[j]), int(out_state[j]), out_vals[j],
                                           float(ts[out_i[j]])))
+            if closed >= 0:
+                self._close_reference(int(closed))
         return alerts
 
     # ---- checkpointing -------------------------------------------------------------------------
@@ -280,7 +342,7 @@ class Engine:
         """What the state's shape depends on; a checkpoint only loads into the same layout."""
         return {"metrics": list(self.metrics), "dimensions": list(self.slices.dimensions),
                 "combinations": [list(c) for c in self.slices.combos], "lambdas": list(LAMBDAS),
-                "fields": K.NFIELDS}
+                "fields": [f.name for f in F]}
 
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Everything needed to continue exactly where this engine is: plain data and arrays.
@@ -319,16 +381,72 @@ class Engine:
         self._rows_ready = n
         self.active = {a["fingerprint"]: Alert(**a) for a in data["active"]}
 
+    # ---- where a slice's baseline came from, and alerts --------------------------------------
+    def provenance(self, sid: int, m: int, st: np.ndarray | None = None) -> Provenance:
+        """Where row (sid, metric m)'s baseline came from, and whether the slice is new (first seen
+        after its model's reference period). ``st``: a consistent copy of the state to read."""
+        st = self.st if st is None else st
+        n_metrics = len(self.metrics)
+        row = st[sid * n_metrics + m]
+        source = K.SOURCE_NAMES.get(K.Source(int(row[F.BSRC])))
+        ancestor = int(row[F.BANC])
+        closed = st[self.slices.population(self.slices.keys[sid].model) * n_metrics, F.MREF_CLOSED]
+        first = row[F.FIRST]
+        new = not math.isnan(closed) and (first > closed or (first == closed and row[F.RN] == 0))
+        return Provenance(source, self.slices.describe(ancestor) if source == "inherited" else None,
+                          float(first) if new else None)
+
+    def _explanation(self, sid: int, m: int, kind: str) -> Alert | None:
+        """An already-firing alert that explains this one: the other kind on the same slice, or
+        either kind on an ancestor holding the same outcomes or whose windowed rate lies inside
+        this slice's 95% interval. One cause then pages once."""
+        n_metrics = len(self.metrics)
+        key = self.slices.keys[sid]
+        metric = self.metrics[m]
+        row = self.st[sid * n_metrics + m]
+        other = self.active.get(fingerprint(key.model, self.slices.describe(sid), _OTHER_KIND[kind], metric))
+        if other is not None:
+            return other
+        interval = K.window_interval(row)
+        for level in self.lineage.ancestors(key.combo, key.values):
+            for combo, values in level:
+                a = self.slices._ids.get(SliceKey(key.model, combo, values))
+                if a is None:
+                    continue
+                desc = self.slices.describe(a)
+                arow = self.st[a * n_metrics + m]
+                rate = K.window_interval(arow)
+                if not (arow[F.N] == row[F.N] or (interval is not None and rate is not None
+                                                   and interval[1] <= rate[0] <= interval[2])):
+                    continue
+                for k in (kind, _OTHER_KIND[kind]):
+                    firing = self.active.get(fingerprint(key.model, desc, k, metric))
+                    if firing is not None:
+                        return firing
+        return None
+
     def _alert(self, row: int, kind: int, state: int, vals: np.ndarray, ts: float) -> Alert:
         n_metrics = len(self.metrics)
         sid, m = divmod(row, n_metrics)
         key = self.slices.keys[sid]
+        desc = self.slices.describe(sid)
         value, reference, n = float(vals[0]), float(vals[1]), int(vals[2])
         kind_name = _KINDS[kind]
         dec = self.decision(key.model, kind_name)
         tolerance = max(dec.tolerance, dec.relative_tolerance * reference)
-        alert = Alert.make(kind_name, "firing" if state else "resolved", key.model, self.slices.describe(sid),
-                           self.metrics[m], value, reference, n, ts, tolerance)
+        prov = self.provenance(sid, m)
+        fp = fingerprint(key.model, desc, kind_name, self.metrics[m])
+        if state:
+            cause = self._explanation(sid, m, kind_name)
+            explained_by, incident = (cause.slice, cause.incident) if cause is not None else (None, None)
+        else:
+            firing = self.active.get(fp)
+            explained_by, incident = (firing.explained_by, firing.incident) if firing is not None else (None, None)
+        drift = kind_name == "drift"
+        alert = Alert.make(kind_name, "firing" if state else "resolved", key.model, desc, self.metrics[m], value,
+                           reference, n, ts, tolerance, baseline_source=prov.source if drift else None,
+                           baseline_from=prov.ancestor if drift else None, first_seen=prov.first_seen,
+                           explained_by=explained_by, incident=incident)
         if state:
             self.active[alert.fingerprint] = alert
         else:

@@ -18,6 +18,7 @@ so no per-slice work is done for outcomes outside the slice.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -27,41 +28,133 @@ if "NUMBA_CACHE_DIR" not in os.environ:  # a read-only install still gets a comp
     _base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(_home, ".cache") if _writable_home else tempfile.gettempdir())
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(_base, "lastmile-numba")
 
+from enum import IntEnum, auto  # noqa: E402
+
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-# ---- row fields (one row per slice × metric) -----------------------------------------------
-N, E, U = 0, 1, 2  # cumulative outcomes, errors, units
-WN, WE, WU, WE2, WU2, WEU = 3, 4, 5, 6, 7, 8  # exponentially decayed window sums
-BASE = 9  # baseline (NaN: none yet)
-RN, RE, RU, RE2, RU2, REU, RDONE = 10, 11, 12, 13, 14, 15, 16  # reference accumulators
-MIN_N, TOL_D, REL_D, TOL_P, REL_P, ALERTABLE = 17, 18, 19, 20, 21, 22  # per-row settings
-DSTATE, PSTATE = 23, 24  # 0 ok, 1 firing
-SMN, SME, SMU, SON, SOE, SOU = 25, 26, 27, 28, 29, 30  # population / own sums at last block close
-CWE, CWU = 31, 32  # decayed complement block sums (the disparity reference)
-BLOCKS = 33
-WW = 34  # decayed sum of squared weights (for the window's standard error)
-NFIELDS = 35
+# ---- the state layout: named once, read by name everywhere ----------------------------------
+class F(IntEnum):
+    """Columns of a state row (one row per slice × metric). Adding a field is one line here."""
+
+    N = 0  # cumulative outcomes
+    E = auto()  # ... errors
+    U = auto()  # ... units
+    WN = auto()  # exponentially decayed window sums: outcomes, errors, units, squares, cross
+    WE = auto()
+    WU = auto()
+    WE2 = auto()
+    WU2 = auto()
+    WEU = auto()
+    WW = auto()  # decayed sum of squared weights (for the window's standard error)
+    BASE = auto()  # baseline (NaN: none)
+    BSRC = auto()  # where it came from: a Source
+    BANC = auto()  # inherited: the ancestor slice id it came from (-1 otherwise)
+    RN = auto()  # reference-period accumulators: outcomes, errors, units, squares, cross
+    RE = auto()
+    RU = auto()
+    RE2 = auto()
+    RU2 = auto()
+    REU = auto()
+    FIRST = auto()  # event time of the row's first outcome (NaN: none yet)
+    MIN_N = auto()  # per-row settings
+    TOL_D = auto()
+    REL_D = auto()
+    TOL_P = auto()  # < 0: disparity disabled for this model
+    REL_P = auto()
+    ALERTABLE = auto()
+    DSTATE = auto()  # 0 ok, 1 firing
+    PSTATE = auto()
+    SMN = auto()  # population / own sums at the last disparity block close
+    SME = auto()
+    SMU = auto()
+    SON = auto()
+    SOE = auto()
+    SOU = auto()
+    CWE = auto()  # decayed complement block sums (the disparity reference)
+    CWU = auto()
+    BLOCKS = auto()
+    # model-level state, kept in the population row of the first metric
+    MREF_SEEN = auto()  # outcomes of the model inside its reference period so far
+    MREF_CLOSED = auto()  # event time the model's reference period closed (NaN: still open)
+
+
+NFIELDS = len(F)
+
+
+class Source(IntEnum):
+    """Where a row's baseline came from (``F.BSRC``)."""
+
+    PENDING = 0  # none yet: the model's reference period is still open
+    FILE = 1  # the baseline file (a service card)
+    REFERENCE = 2  # learned from the model's reference period
+    INHERITED = 3  # the largest of the nearest ancestors' own baselines
+    NONE = 4  # no baseline to be had (or drift is off for the model): never drift-tested
+
+
+SOURCE_NAMES = {Source.FILE: "file", Source.REFERENCE: "reference", Source.INHERITED: "inherited"}
+
 
 # detector slots
 DRIFT_FIRE, DRIFT_RESOLVE, DISP_FIRE, DISP_RESOLVE = 0, 1, 2, 3
 
-# reference modes
-REF_NONE, REF_OUTCOMES, REF_TIME = 0, 1, 2
 
-# params vector
-P_CAP, P_UMAX, P_GAMMA, P_H, P_HR, P_RESOLVE, P_REFMODE, P_REFN, P_REFSTART, P_REFEND, P_SIGMAS, P_DRIFT, P_DISP = range(13)
-NPARAMS = 13
+class Ref(IntEnum):
+    """How a model's reference period is delimited."""
+
+    NONE = 0
+    OUTCOMES = 1
+    TIME = 2
+
+
+class P(IntEnum):
+    """Entries of the parameter vector."""
+
+    CAP = 0
+    UMAX = auto()
+    GAMMA = auto()
+    H = auto()
+    HR = auto()
+    RESOLVE = auto()
+    REFMODE = auto()
+    REFN = auto()
+    REFSTART = auto()
+    REFEND = auto()
+    DRIFT = auto()
+    DISP = auto()
+
+
+NPARAMS = len(P)
 
 # transition kinds
 KIND_DRIFT, KIND_DISPARITY = 0, 1
 
+# plain ints for the compiled code (numba compares floats with ints, not with IntEnum members)
+_PENDING = int(Source.PENDING)
+_REF_NONE, _REF_OUTCOMES, _REF_TIME = int(Ref.NONE), int(Ref.OUTCOMES), int(Ref.TIME)
+
 _EPS = 1e-9
+#: two-sided normal quantile for the windowed estimate's pointwise 95% interval
+_Z95 = 1.959964
+
+
+def window_interval(row: np.ndarray) -> tuple[float, float, float] | None:
+    """A row's windowed estimate and its 95% interval, with outcome-level (clustered) variance."""
+    wu, wn = row[F.WU], row[F.WN]
+    if wu <= 0 or wn <= 0:
+        return None
+    r = row[F.WE] / wu
+    resid = max(row[F.WE2] - 2 * r * row[F.WEU] + r * r * row[F.WU2], 0.0)
+    se = math.sqrt(row[F.WW] * resid / wn) / wu
+    return r, max(r - _Z95 * se, 0.0), r + _Z95 * se
 
 
 def new_rows(count: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     st = np.zeros((count, NFIELDS), dtype=np.float64)
-    st[:, BASE] = np.nan
+    st[:, F.BASE] = np.nan
+    st[:, F.BANC] = -1.0
+    st[:, F.FIRST] = np.nan
+    st[:, F.MREF_CLOSED] = np.nan
     det = np.zeros((count, 4, k), dtype=np.float64)
     return st, det
 
@@ -105,47 +198,65 @@ def _clear(det, r, a, b):
 def _transition(st, det, r, i, kind, state, reference, n_out, out_i, out_row, out_kind, out_state, out_vals):
     """Flip the row's alert state, restart both detectors of that kind, record the transition."""
     if kind == KIND_DRIFT:
-        st[r, DSTATE] = state
+        st[r, F.DSTATE] = state
         _clear(det, r, DRIFT_FIRE, DRIFT_RESOLVE)
     else:
-        st[r, PSTATE] = state
+        st[r, F.PSTATE] = state
         _clear(det, r, DISP_FIRE, DISP_RESOLVE)
     out_i[n_out] = i
     out_row[n_out] = r
     out_kind[n_out] = kind
     out_state[n_out] = state
-    out_vals[n_out, 0] = st[r, WE] / max(st[r, WU], _EPS)  # the windowed estimate
+    out_vals[n_out, 0] = st[r, F.WE] / max(st[r, F.WU], _EPS)  # the windowed estimate
     out_vals[n_out, 1] = reference
-    out_vals[n_out, 2] = st[r, N]
+    out_vals[n_out, 2] = st[r, F.N]
     return n_out + 1
 
 
 @numba.njit(cache=True, nogil=True)
 def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row, out_kind, out_state, out_vals):
-    """Update state for outcomes ``start..`` of the batch; stop early if the output could overflow.
+    """Update state for outcomes ``start..`` of the batch; stop early if the output could overflow
+    or when a model's reference period closes (the engine then sets every baseline of that model).
 
     rows[i, c]  slice id of outcome i in combination c (c = 0: the population)
     eu[i, m]    (errors, units) of outcome i for metric m; (0, 0) = not applicable
-    Returns (number of transitions written, index of the next unprocessed outcome).
+    Returns (transitions written, index of the next unprocessed outcome, population row of the
+    model whose reference period just closed or -1).
     """
     n_out_max = out_i.shape[0]
     n_metrics = eu.shape[1]
     n_combos = rows.shape[1]
-    cap = params[P_CAP]
-    umax = params[P_UMAX]
-    g = params[P_GAMMA]
-    h = params[P_H]
-    hr = params[P_HR]
-    resolve = params[P_RESOLVE]
-    refmode = int(params[P_REFMODE])
-    drift_on = params[P_DRIFT] > 0.0
-    disp_on = params[P_DISP] > 0.0
+    cap = params[P.CAP]
+    umax = params[P.UMAX]
+    g = params[P.GAMMA]
+    h = params[P.H]
+    hr = params[P.HR]
+    resolve = params[P.RESOLVE]
+    refmode = int(params[P.REFMODE])
+    drift_on = params[P.DRIFT] > 0.0
+    disp_on = params[P.DISP] > 0.0
     n_out = 0
     i = start
     while i < rows.shape[0]:
         if n_out + 2 * n_combos * n_metrics > n_out_max:
             break
         t = ts[i]
+        # -- the model's reference period: one clock per model, in its population row
+        model = rows[i, 0] * n_metrics
+        in_reference = False
+        closes = False
+        if refmode != _REF_NONE and st[model, F.MREF_CLOSED] != st[model, F.MREF_CLOSED]:
+            if refmode == _REF_TIME and t >= params[P.REFEND]:
+                st[model, F.MREF_CLOSED] = t  # closes before this outcome, which is tested as usual
+                return n_out, i, model
+            if refmode == _REF_OUTCOMES:
+                in_reference = True
+                st[model, F.MREF_SEEN] += 1.0
+                closes = st[model, F.MREF_SEEN] >= params[P.REFN]
+            else:
+                in_reference = t >= params[P.REFSTART]
+                if in_reference:
+                    st[model, F.MREF_SEEN] += 1.0
         for m in range(n_metrics):
             e = eu[i, m, 0]
             u = eu[i, m, 1]
@@ -157,45 +268,32 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row,
             for c in range(n_combos):
                 r = rows[i, c] * n_metrics + m
                 # -- estimates
-                st[r, N] += 1.0
-                st[r, E] += e
-                st[r, U] += u
-                st[r, WN] = g * st[r, WN] + 1.0
-                st[r, WE] = g * st[r, WE] + e
-                st[r, WU] = g * st[r, WU] + u
-                st[r, WE2] = g * st[r, WE2] + e * e
-                st[r, WU2] = g * st[r, WU2] + u * u
-                st[r, WEU] = g * st[r, WEU] + e * u
-                st[r, WW] = g * g * st[r, WW] + 1.0
-                # -- reference period → baseline (outcomes used to learn it are not tested for drift)
-                in_reference = False
-                if st[r, RDONE] == 0.0 and refmode != REF_NONE:
-                    learn = refmode == REF_OUTCOMES or (params[P_REFSTART] <= t < params[P_REFEND])
-                    if learn:
-                        st[r, RN] += 1.0
-                        st[r, RE] += e
-                        st[r, RU] += u
-                        st[r, RE2] += e * e
-                        st[r, RU2] += u * u
-                        st[r, REU] += e * u
-                    done = (refmode == REF_OUTCOMES and st[r, RN] >= params[P_REFN]) or (
-                        refmode == REF_TIME and t >= params[P_REFEND]
-                    )
-                    if done:
-                        st[r, RDONE] = 1.0
-                        enough = refmode == REF_OUTCOMES or st[r, RN] >= st[r, MIN_N]  # a time range may be thin
-                        if st[r, RU] > 0.0 and enough:
-                            rate = st[r, RE] / st[r, RU]
-                            ss = st[r, RE2] - 2.0 * rate * st[r, REU] + rate * rate * st[r, RU2]
-                            se = np.sqrt(max(ss, 0.0)) / st[r, RU]
-                            st[r, BASE] = min(rate + params[P_SIGMAS] * se, cap)
-                    in_reference = learn or done
-                alertable = st[r, ALERTABLE] > 0.0 and st[r, N] >= st[r, MIN_N]
-                # -- drift: this slice against its own baseline
-                b = st[r, BASE]
-                if drift_on and b == b and not in_reference:
-                    tol = max(st[r, TOL_D], st[r, REL_D] * b)
-                    if st[r, DSTATE] == 0.0:
+                if st[r, F.N] == 0.0:
+                    st[r, F.FIRST] = t
+                st[r, F.N] += 1.0
+                st[r, F.E] += e
+                st[r, F.U] += u
+                st[r, F.WN] = g * st[r, F.WN] + 1.0
+                st[r, F.WE] = g * st[r, F.WE] + e
+                st[r, F.WU] = g * st[r, F.WU] + u
+                st[r, F.WE2] = g * st[r, F.WE2] + e * e
+                st[r, F.WU2] = g * st[r, F.WU2] + u * u
+                st[r, F.WEU] = g * st[r, F.WEU] + e * u
+                st[r, F.WW] = g * g * st[r, F.WW] + 1.0
+                # -- inside the reference period, rows still waiting for a baseline learn one
+                if in_reference and st[r, F.BSRC] == _PENDING:
+                    st[r, F.RN] += 1.0
+                    st[r, F.RE] += e
+                    st[r, F.RU] += u
+                    st[r, F.RE2] += e * e
+                    st[r, F.RU2] += u * u
+                    st[r, F.REU] += e * u
+                alertable = st[r, F.ALERTABLE] > 0.0 and st[r, F.N] >= st[r, F.MIN_N]
+                # -- drift: this slice against its baseline (NaN until it has one)
+                b = st[r, F.BASE]
+                if drift_on and b == b:
+                    tol = max(st[r, F.TOL_D], st[r, F.REL_D] * b)
+                    if st[r, F.DSTATE] == 0.0:
                         bf = max(b + tol, 1e-4)
                         z = (ec - bf * u) / (bf * scale)
                         top = _step(det, r, DRIFT_FIRE, z, lambdas)
@@ -212,45 +310,48 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row,
                                 n_out = _transition(st, det, r, i, KIND_DRIFT, 0, b,
                                                     n_out, out_i, out_row, out_kind, out_state, out_vals)
                 # -- disparity: this slice against the rest of its model, block by block
-                if c == 0 or not disp_on or st[r, TOL_P] < 0.0:  # TOL_P < 0: disabled for this model
+                if c == 0 or not disp_on or st[r, F.TOL_P] < 0.0:  # TOL_P < 0: disabled for this model
                     continue
-                kc = (st[pop, N] - st[r, SMN]) - (st[r, N] - st[r, SON])
+                kc = (st[pop, F.N] - st[r, F.SMN]) - (st[r, F.N] - st[r, F.SON])
                 if kc < 1.0:
                     continue  # no complement outcome since the last close: keep the block open
-                es = st[r, E] - st[r, SOE]
-                us = st[r, U] - st[r, SOU]
-                ks = st[r, N] - st[r, SON]
-                ecomp = (st[pop, E] - st[r, SME]) - es
-                ucomp = (st[pop, U] - st[r, SMU]) - us
-                st[r, SMN] = st[pop, N]
-                st[r, SME] = st[pop, E]
-                st[r, SMU] = st[pop, U]
-                st[r, SON] = st[r, N]
-                st[r, SOE] = st[r, E]
-                st[r, SOU] = st[r, U]
+                es = st[r, F.E] - st[r, F.SOE]
+                us = st[r, F.U] - st[r, F.SOU]
+                ks = st[r, F.N] - st[r, F.SON]
+                ecomp = (st[pop, F.E] - st[r, F.SME]) - es
+                ucomp = (st[pop, F.U] - st[r, F.SMU]) - us
+                st[r, F.SMN] = st[pop, F.N]
+                st[r, F.SME] = st[pop, F.E]
+                st[r, F.SMU] = st[pop, F.U]
+                st[r, F.SON] = st[r, F.N]
+                st[r, F.SOE] = st[r, F.E]
+                st[r, F.SOU] = st[r, F.U]
                 if ucomp <= _EPS:
                     continue
-                st[r, BLOCKS] += 1.0
-                st[r, CWE] = g * st[r, CWE] + ecomp
-                st[r, CWU] = g * st[r, CWU] + ucomp
+                st[r, F.BLOCKS] += 1.0
+                st[r, F.CWE] = g * st[r, F.CWE] + ecomp
+                st[r, F.CWU] = g * st[r, F.CWU] + ucomp
                 rc = min(ecomp / ucomp, cap)
-                tolp = max(st[r, TOL_P], st[r, REL_P] * rc)
+                tolp = max(st[r, F.TOL_P], st[r, F.REL_P] * rc)
                 es_c = min(es, cap * us)
                 bscale = max(umax * ks, us)
-                comp_n = st[pop, N] - st[r, N]
-                if st[r, PSTATE] == 0.0:
+                comp_n = st[pop, F.N] - st[r, F.N]
+                if st[r, F.PSTATE] == 0.0:
                     z = (es_c - (rc + tolp) * us) / ((cap + tolp) * bscale)
                     top = _step(det, r, DISP_FIRE, z, lambdas)
-                    if top >= h and alertable and comp_n >= st[r, MIN_N] and _lme(det, r, DISP_FIRE) >= h:
-                        rest = st[r, CWE] / max(st[r, CWU], _EPS)
+                    if top >= h and alertable and comp_n >= st[r, F.MIN_N] and _lme(det, r, DISP_FIRE) >= h:
+                        rest = st[r, F.CWE] / max(st[r, F.CWU], _EPS)
                         n_out = _transition(st, det, r, i, KIND_DISPARITY, 1, rest,
                                             n_out, out_i, out_row, out_kind, out_state, out_vals)
                 else:
                     z = ((rc + resolve * tolp) * us - es_c) / (cap * bscale)
                     top = _step(det, r, DISP_RESOLVE, z, lambdas)
                     if top >= hr and _lme(det, r, DISP_RESOLVE) >= hr:
-                        rest = st[r, CWE] / max(st[r, CWU], _EPS)
+                        rest = st[r, F.CWE] / max(st[r, F.CWU], _EPS)
                         n_out = _transition(st, det, r, i, KIND_DISPARITY, 0, rest,
                                             n_out, out_i, out_row, out_kind, out_state, out_vals)
         i += 1
-    return n_out, i
+        if closes:
+            st[model, F.MREF_CLOSED] = t
+            return n_out, i, model
+    return n_out, i, -1

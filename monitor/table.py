@@ -9,35 +9,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
-from monitor import kernel as K
+from monitor.kernel import F, window_interval
 from monitor.alerts import rfc3339
 from monitor.engine import Engine
-
-#: two-sided normal quantile for the windowed estimate's pointwise 95% interval
-_Z95 = 1.959964
-
 
 def _num(x: float) -> float | None:
     return None if not math.isfinite(x) else round(float(x), 9)
 
 
-def window_interval(row: np.ndarray) -> tuple[float | None, float | None, float | None]:
-    """Windowed estimate and its 95% interval, with outcome-level (clustered) variance."""
-    wu, wn = row[K.WU], row[K.WN]
-    if wu <= 0 or wn <= 0:
-        return None, None, None
-    r = row[K.WE] / wu
-    resid = max(row[K.WE2] - 2 * r * row[K.WEU] + r * r * row[K.WU2], 0.0)
-    se = math.sqrt(row[K.WW] * resid / wn) / wu
-    return _num(r), _num(max(r - _Z95 * se, 0.0)), _num(r + _Z95 * se)
-
-
 def slice_rows(engine: Engine) -> list[dict[str, Any]]:
-    st = engine.st[: len(engine.slices) * len(engine.metrics)].copy()
-    out = []
     n_metrics = len(engine.metrics)
+    st = engine.st[: len(engine.slices) * n_metrics].copy()
+    out = []
     for sid, key in enumerate(engine.slices.keys):
         desc = engine.slices.describe(sid)
         for m, metric in enumerate(engine.metrics):
@@ -45,24 +28,30 @@ def slice_rows(engine: Engine) -> list[dict[str, Any]]:
             if r >= st.shape[0]:
                 continue
             row = st[r]
-            n = int(row[K.N])
+            n = int(row[F.N])
             if n == 0:
                 continue
-            value, lower, upper = window_interval(row)
-            status = "insufficient_data" if n < row[K.MIN_N] else "ok"
-            firing = [kind for kind, f in (("drift", K.DSTATE), ("disparity", K.PSTATE)) if row[f] > 0]
+            window = window_interval(row)
+            value, lower, upper = (_num(x) for x in window) if window is not None else (None, None, None)
+            status = "insufficient_data" if n < row[F.MIN_N] else "ok"
+            firing = [kind for kind, f in (("drift", F.DSTATE), ("disparity", F.PSTATE)) if row[f] > 0]
             if firing:
                 status = "alerting"
+            prov = engine.provenance(sid, m, st)
             out.append({
                 "model": key.model,
                 "slice": desc,
                 "metric": metric,
                 "n": n,
-                "errors": _num(row[K.E]),
-                "units": _num(row[K.U]),
-                "value": _num(row[K.E] / row[K.U]) if row[K.U] > 0 else None,
+                "errors": _num(row[F.E]),
+                "units": _num(row[F.U]),
+                "value": _num(row[F.E] / row[F.U]) if row[F.U] > 0 else None,
                 "window": {"value": value, "lower": lower, "upper": upper},
-                "baseline": _num(row[K.BASE]),
+                "baseline": _num(row[F.BASE]),
+                "baseline_source": prov.source,
+                "baseline_from": prov.ancestor,
+                "new": prov.first_seen is not None,
+                "first_seen": rfc3339(row[F.FIRST]) if math.isfinite(row[F.FIRST]) else None,
                 "status": status,
                 "firing": firing,
             })

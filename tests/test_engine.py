@@ -209,7 +209,7 @@ def test_kernel_matches_the_reference_detector() -> None:
 
 def test_insufficient_data_is_reported_and_never_alerted() -> None:
     cfg = make_config(slices={"dimensions": ["g"], "combinations": [["g"]], "min_samples": 500},
-                      baseline={"reference": {"outcomes": 10}}, drift={"tolerance": 0.0})
+                      baseline={"reference": {"outcomes": 10}, "min_outcomes": 10}, drift={"tolerance": 0.0})
     engine = Engine(cfg)
     rng = np.random.default_rng(2)
     for i in range(400):
@@ -224,7 +224,7 @@ def test_insufficient_data_is_reported_and_never_alerted() -> None:
 
 def test_alert_record_contract() -> None:
     cfg = make_config(slices={"dimensions": ["g"], "combinations": [["g"]], "min_samples": 50},
-                      baseline={"reference": {"outcomes": 200}})
+                      baseline={"reference": {"outcomes": 1000}, "min_outcomes": 100})
     engine = Engine(cfg)
     rng = np.random.default_rng(4)
     alerts = []
@@ -248,7 +248,7 @@ def test_alert_record_contract() -> None:
 
 def test_reference_period_by_time_learns_each_slice_its_baseline() -> None:
     cfg = make_config(slices={"dimensions": ["g"], "combinations": [["g"]], "min_samples": 50},
-                      baseline={"reference": {"start": T0, "end": T0 + 1000}, "margin_sigmas": 0.0},
+                      baseline={"reference": {"start": T0, "end": T0 + 1000}, "margin_sigmas": 0.0, "min_outcomes": 100},
                       drift={"tolerance": 0.05}, disparity={"enabled": False})
     engine = Engine(cfg)
     rng = np.random.default_rng(3)

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from monitor import kernel as K
+from monitor.kernel import F
 from monitor.baselines import Baselines
 from monitor.edetector import OracleCusum
 from monitor.engine import Engine, detectors_per_outcome
@@ -84,7 +84,7 @@ def test_detection_delay_within_twice_the_oracle_cusum(p1: float) -> None:
         routes = grid_routes(engine, 10, 10)
         run_stream(engine, routes, 60_000, seed, lambda c, t: np.full(c.shape, p0))
         sid = engine.slices._ids[next(k for k in engine.slices.keys if k.combo == 1 and k.values == ("a3",))]
-        n_change = engine.st[sid, K.N]
+        n_change = engine.st[sid, F.N]
         alerts = run_stream(engine, routes, 300_000, seed + 100, lambda c, t: np.where(c // 10 == 3, p1, p0))
         first = _first_drift(alerts, {"a": "a3"})
         assert first is not None

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from monitor import kernel as K
+from monitor.kernel import F
 from monitor.edetector import OracleCusum, bernoulli_kl
 from monitor.engine import Engine
 from tests.conftest import make_config
@@ -46,7 +46,7 @@ def null_boundary(metric: str, kappa: float | None) -> str:
 def _delay(engine: Engine, routes: np.ndarray, seed: int, p0: float, p1: float, words, kappa) -> float:
     run_stream(engine, routes, 50_000, seed, lambda c, t: np.full(c.shape, p0), words=words, kappa=kappa)
     sid = engine.slices._ids[next(k for k in engine.slices.keys if k.combo == 1 and k.values == ("a3",))]
-    n0 = engine.st[sid, K.N]
+    n0 = engine.st[sid, F.N]
     alerts = run_stream(engine, routes, 400_000, seed + 1000, lambda c, t: np.where(c // 10 == 3, p1, p0),
                         words=words, kappa=kappa)
     first = next((a for a in alerts if a.kind == "drift" and a.slice == {"a": "a3"}), None)
