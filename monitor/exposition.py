@@ -40,8 +40,9 @@ def combination(slice_: dict[str, str]) -> str:
     return "+".join(slice_) if slice_ else "all"
 
 
-#: series one slice row yields: outcomes, errors, units, ratio, lower, upper, baseline, insufficient, 2 × alert
-SERIES_PER_ROW = 10
+#: series one slice row yields at most: outcomes, errors, units, ratio, lower, upper, baseline, insufficient,
+#: 2 × alert firing, 2 × alert explained
+SERIES_PER_ROW = 12
 
 
 class SliceCollector(Collector):
@@ -89,6 +90,9 @@ def _slice_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
         "insufficient": GaugeMetricFamily("lastmile_slice_insufficient_data",
                                           "1 while the slice has fewer outcomes than min_samples."),
         "alert": GaugeMetricFamily("lastmile_slice_alert_firing", "1 while a drift/disparity alert fires for the slice."),
+        "explained": GaugeMetricFamily("lastmile_slice_alert_explained",
+                                       "Present (1) while the slice's firing alert is explained by another firing alert "
+                                       "(same slice, or an ancestor) and is grouped under it instead of paging."),
     }
     for row in rows:
         labels = {"model": row["model"], "metric": row["metric"], "combination": combination(row["slice"])}
@@ -105,6 +109,8 @@ def _slice_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
         _add(families["insufficient"], labels, 1.0 if row["status"] == "insufficient_data" else 0.0)
         for kind in ("drift", "disparity"):
             _add(families["alert"], {**labels, "kind": kind}, 1.0 if kind in row["firing"] else 0.0)
+        for kind in row.get("explained_by", {}):
+            _add(families["explained"], {**labels, "kind": kind}, 1.0)
     yield from families.values()
 
 

@@ -11,6 +11,12 @@ A sink turns an alert record (:class:`monitor.alerts.Alert` as a dict) into one 
 * ``slack`` — an incoming-webhook message;
 * ``webhook`` — the alert record itself, as JSON.
 
+One cause pages once: an alert explained by another firing one (``explained_by``: the same
+slice's other kind, or an ancestor slice with the same outcomes) is not sent to the paging
+sinks (PagerDuty, Opsgenie, Slack); Alertmanager receives it with the label ``incident`` = the
+fingerprint of the alert that explains it, so routing grouped by ``incident`` puts both in one
+notification; webhooks receive every record.
+
 Secrets (routing keys, API keys, webhook URLs) come from an environment variable or a file
 named in the config, are held only by the sink object, and are masked in everything it logs.
 """
@@ -108,6 +114,9 @@ def enrich(record: dict[str, Any], links: AlertingLinks) -> dict[str, Any]:
 
 
 class Sink:
+    #: receives alerts explained by another firing one (grouping them itself, or keeping a record)
+    receives_explained = True
+
     def __init__(self, cfg: SinkConfig):
         self.cfg = cfg
         self.name = cfg.name
@@ -116,6 +125,8 @@ class Sink:
     def wants(self, record: dict[str, Any]) -> bool:
         if record["state"] == "resolved" and not self.cfg.send_resolved:
             return False
+        if record.get("explained_by") is not None and not self.receives_explained:
+            return False  # grouped under the alert that explains it, which has paged
         return record["severity"] in self.cfg.severities and record["kind"] in self.cfg.kinds
 
     def request(self, record: dict[str, Any]) -> Request:
@@ -129,7 +140,7 @@ class AlertmanagerSink(Sink):
     def request(self, record: dict[str, Any]) -> Request:
         labels = {"alertname": alertname(record), "model": record["model"], "metric": record["metric"],
                   "kind": record["kind"], "severity": record["severity"], "component": "slice",
-                  **record["slice"]}
+                  "incident": record.get("incident") or record["fingerprint"], **record["slice"]}
         alert = {"labels": labels,
                  "annotations": {"summary": record["summary"], "runbook_url": record["runbook_url"],
                                  "value": f"{record['value']:.6g}", "reference": f"{record['reference']:.6g}",
@@ -142,6 +153,8 @@ class AlertmanagerSink(Sink):
 
 
 class PagerDutySink(Sink):
+    receives_explained = False  # a page: one per cause
+
     def request(self, record: dict[str, Any]) -> Request:
         body: dict[str, Any] = {"routing_key": self._secret, "dedup_key": record["fingerprint"],
                                 "event_action": "trigger" if record["state"] == "firing" else "resolve"}
@@ -157,6 +170,8 @@ class PagerDutySink(Sink):
 
 
 class OpsgenieSink(Sink):
+    receives_explained = False  # a page: one per cause
+
     def request(self, record: dict[str, Any]) -> Request:
         base = (self.cfg.url or "https://api.opsgenie.com").rstrip("/")
         headers = {"Authorization": f"GenieKey {self._secret}"}
@@ -171,6 +186,8 @@ class OpsgenieSink(Sink):
 
 
 class SlackSink(Sink):
+    receives_explained = False  # a page: one per cause
+
     def request(self, record: dict[str, Any]) -> Request:
         icon = ":rotating_light:" if record["state"] == "firing" else ":white_check_mark:"
         links = f"<{record['runbook_url']}|runbook>" + (

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from monitor.kernel import F, window_interval
-from monitor.alerts import rfc3339
+from monitor.alerts import fingerprint, rfc3339
 from monitor.engine import Engine
 
 def _num(x: float) -> float | None:
@@ -38,6 +38,11 @@ def slice_rows(engine: Engine) -> list[dict[str, Any]]:
             if firing:
                 status = "alerting"
             prov = engine.provenance(sid, m, st)
+            explained = {}  # firing kinds grouped under the alert that explains them
+            for kind in firing:
+                alert = engine.active.get(fingerprint(key.model, desc, kind, metric))
+                if alert is not None and alert.explained_by is not None:
+                    explained[kind] = alert.explained_by
             out.append({
                 "model": key.model,
                 "slice": desc,
@@ -54,6 +59,7 @@ def slice_rows(engine: Engine) -> list[dict[str, Any]]:
                 "first_seen": rfc3339(row[F.FIRST]) if math.isfinite(row[F.FIRST]) else None,
                 "status": status,
                 "firing": firing,
+                "explained_by": explained,
             })
     return out
 

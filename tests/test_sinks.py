@@ -312,6 +312,25 @@ def test_routing_by_severity_and_kind(key_env) -> None:
     assert [b["kind"] for _, _, b in hook.requests] == ["disparity"]
 
 
+def test_an_explained_alert_pages_no_one_and_is_grouped_under_its_cause(key_env) -> None:
+    """One cause, one page: pagers skip an alert explained by a firing one; Alertmanager groups it."""
+    from monitor.sinks import enrich
+
+    cause = FIRING
+    explained = {**alert("firing", "2026-11-24T12:01:00+00:00"), "slice": {"tenant": "st-marys", "noise": "ward-b"},
+                 "explained_by": {"noise": "ward-b"}, "incident": cause["fingerprint"]}
+    links = AlertingLinks()
+    for kind in ("pagerduty", "opsgenie", "slack"):
+        sink = build_sink(SinkConfig(name=kind, type=kind, secret=key_env))
+        assert sink.wants(enrich(cause, links)) and not sink.wants(enrich(explained, links)), kind
+    hook = build_sink(SinkConfig(name="hook", type="webhook", url="http://127.0.0.1:1/x"))
+    assert hook.wants(enrich(explained, links))
+    am = build_sink(SinkConfig(name="am", type="alertmanager", url="http://127.0.0.1:1"))
+    assert am.wants(enrich(explained, links))
+    labels = [am.request(enrich(r, links)).body[0]["labels"] for r in (cause, explained)]
+    assert labels[0]["incident"] == labels[1]["incident"] == cause["fingerprint"]
+
+
 def test_sink_config_errors_name_the_sink() -> None:
     from monitor.config import ConfigError, parse_config
 
