@@ -27,7 +27,7 @@ from monitor.events import Decoder, Event, InvalidEvent, parse_ts
 from monitor.join import Joiner, Outcome
 from monitor.scoring import Scorer, ScoreError
 from monitor.kernel import F
-from monitor.slices import SliceIndex, SliceKey
+from monitor.slices import SliceIndex
 
 _OUT_CAPACITY = 4096
 _KINDS = ("drift", "disparity")
@@ -181,7 +181,7 @@ class Engine:
     def _reference_closed(self, sid: int) -> bool:
         if self.params[K.P.REFMODE] == K.Ref.NONE:
             return True
-        pop = self.slices.population(self.slices.keys[sid].model) * len(self.metrics)
+        pop = self.slices.find(self.slices.keys[sid].model, 0, ()) * len(self.metrics)
         return pop < self._rows_ready and not math.isnan(self.st[pop, F.MREF_CLOSED])
 
     def _close_reference(self, model_row: int) -> None:
@@ -207,7 +207,7 @@ class Engine:
         """Rows still without a baseline take the largest own baseline (file or reference) among
         their nearest ancestors that have one; none anywhere up to the population: no drift test."""
         n_metrics = len(self.metrics)
-        st, keys, ids = self.st, self.slices.keys, self.slices._ids
+        st, keys = self.st, self.slices.keys
         for sid in sids:
             key = keys[sid]
             for m in range(n_metrics):
@@ -218,8 +218,8 @@ class Engine:
                 for level in self.lineage.ancestors(key.combo, key.values):
                     best, best_sid = -1.0, -1
                     for combo, values in level:
-                        a = ids.get(SliceKey(key.model, combo, values))
-                        if a is None:
+                        a = self.slices.find(key.model, combo, values)
+                        if a < 0:
                             continue
                         arow = st[a * n_metrics + m]
                         if arow[F.BSRC] in _OWN and arow[F.BASE] > best:
@@ -390,7 +390,7 @@ class Engine:
         row = st[sid * n_metrics + m]
         source = K.SOURCE_NAMES.get(K.Source(int(row[F.BSRC])))
         ancestor = int(row[F.BANC])
-        closed = st[self.slices.population(self.slices.keys[sid].model) * n_metrics, F.MREF_CLOSED]
+        closed = st[self.slices.find(self.slices.keys[sid].model, 0, ()) * n_metrics, F.MREF_CLOSED]
         first = row[F.FIRST]
         new = not math.isnan(closed) and (first > closed or (first == closed and row[F.RN] == 0))
         return Provenance(source, self.slices.describe(ancestor) if source == "inherited" else None,
@@ -410,8 +410,8 @@ class Engine:
         interval = K.window_interval(row)
         for level in self.lineage.ancestors(key.combo, key.values):
             for combo, values in level:
-                a = self.slices._ids.get(SliceKey(key.model, combo, values))
-                if a is None:
+                a = self.slices.find(key.model, combo, values)
+                if a < 0:
                     continue
                 desc = self.slices.describe(a)
                 arow = self.st[a * n_metrics + m]

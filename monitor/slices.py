@@ -73,7 +73,12 @@ class SliceIndex:
         return OTHER in self.keys[sid].values
 
     def population(self, model: str) -> int:
+        """The population slice of ``model``, tracking the model if it is new (as routing does)."""
         return self.route(model, None, {})[0]
+
+    def find(self, model: str, combo: int, values: tuple[str, ...]) -> int:
+        """The id of a tracked slice, or -1: a lookup that never creates one, unlike routing."""
+        return self._ids.get(SliceKey(model, combo, values), -1)
 
     def route(self, model: str, tenant: str | None, attributes: dict[str, str]) -> list[int]:
         """Slice ids of every tracked combination for this outcome, population first."""
