@@ -117,7 +117,7 @@ class Daemon:
         self._producer_factory = producer_factory
         self.on_alert = on_alert or (lambda a: log.warning("%s %s %s", a.state.upper(), a.kind, a.summary))
         self.dispatcher = Dispatcher([build_sink(c) for c in cfg.sinks], cfg.delivery, cfg.alert_links)
-        self.engine = Engine(cfg, ordered=True)
+        self.engine = Engine(cfg, ordered=True, wall_clock=time.time)
         self.positions: dict[Any, int] = {}  # TopicPartition → next offset to process
         self.last_ts: dict[Any, float] = {}
         self.lag: dict[Any, int] = {}
@@ -221,7 +221,7 @@ class Daemon:
         if not self._dirty and self._loaded is not None and self.store.latest_sequence() == self._loaded[0]:
             return self._loaded[1]
         ckpt = self.store.latest()
-        self.engine = Engine(self.cfg, ordered=True)
+        self.engine = Engine(self.cfg, ordered=True, wall_clock=time.time)
         if ckpt is not None:
             self.engine.restore(ckpt.data, ckpt.arrays)
             log.info("restored checkpoint %s (%d outcomes)", ckpt.path.name, self.engine.outcomes)

@@ -24,6 +24,7 @@ from monitor.baselines import Baselines, Lineage
 from monitor.config import Config, DecisionConfig, ReferenceOutcomes, ReferenceTime
 from monitor.edetector import LAMBDAS
 from monitor.events import Decoder, Event, InvalidEvent, parse_ts
+from monitor.future import FutureGuard
 from monitor.join import Joiner, Outcome
 from monitor.scoring import Scorer, ScoreError
 from monitor.kernel import F
@@ -79,14 +80,18 @@ class Engine:
     order, (ts, id), as the caller's watermark passes them (:meth:`release`): replay and the daemon
     then see the same sequence however files were split or partitions interleaved."""
 
-    def __init__(self, cfg: Config, baselines: Baselines | None = None, ordered: bool = False):
+    def __init__(self, cfg: Config, baselines: Baselines | None = None, ordered: bool = False,
+                 wall_clock: Callable[[], float] | None = None):
+        """``wall_clock``: event times are bounded by it (the daemon); without it, by the stream's
+        robust watermark (replay). See :mod:`monitor.future`."""
         self.cfg = cfg
         self.ordered = ordered
         self._held: list[tuple[float, str, Outcome]] = []  # heap of outcomes awaiting release
         self.last_event_ts: float | None = None  # of the last valid event of the last feed_many
-        self.decoder = Decoder(cfg.events)
-        self.joiner = Joiner(cfg.join.ttl, cfg.join.max_pending)
         self.scorer = Scorer(cfg.metrics)
+        self.decoder = Decoder(cfg.events, unscorable=self.scorer.unscorable)
+        self.future = FutureGuard(cfg.events.max_future, wall_clock)
+        self.joiner = Joiner(cfg.join.ttl, cfg.join.max_pending)
         self.slices = SliceIndex(cfg.slices)
         self.lineage = Lineage(self.slices.combos)
         self.metrics = tuple(cfg.metrics.names)
@@ -242,6 +247,8 @@ class Engine:
         alerts: list[Alert] = []
         decode, invalid, events, join = self.decoder.decode, self.invalid, self.events, self.joiner.add
         watermark, last_ts = self.watermark, None
+        future = self.future
+        wall_bound = future.wall_bound() if future.wall_clock is not None else None
         for i, raw in enumerate(raws):
             try:
                 ev = decode(raw)
@@ -250,6 +257,20 @@ class Engine:
                 if on_invalid is not None:
                     on_invalid(i, exc.reason)
                 continue
+            if wall_bound is not None:
+                if ev.ts > wall_bound:
+                    invalid["future_timestamp"] += 1
+                    if on_invalid is not None:
+                        on_invalid(i, "future_timestamp")
+                    continue
+            elif ev.ts > future.bound:
+                self.last_event_ts = last_ts
+                for moved in self.screen(ev):  # usually none: held, or rejected
+                    alerts += self.feed_event(moved)
+                last_ts, watermark = self.last_event_ts, self.watermark
+                continue
+            else:
+                future.accept(ev.ts)
             events[ev.kind] += 1
             last_ts = ev.ts
             if last_ts > watermark:
@@ -260,8 +281,29 @@ class Engine:
         self.last_event_ts = last_ts
         return alerts
 
+    def screen(self, ev: Event) -> list[Event]:
+        """The events that may go on now, by :mod:`monitor.future`'s bound on event time: usually
+        ``[ev]``; none when ``ev`` is too far ahead (rejected as ``future_timestamp``, or held);
+        a held run, in arrival order, when the stream has really moved there. Judged in arrival
+        order (:meth:`feed_many` does it; replay before it sorts by event time)."""
+        future = self.future
+        if future.wall_clock is not None:
+            if ev.ts <= future.wall_bound():
+                return [ev]
+            self.invalid["future_timestamp"] += 1
+            return []
+        if ev.ts <= future.bound:
+            future.accept(ev.ts)
+            return [ev]
+        released, rejected = future.hold(ev)
+        if rejected:
+            self.invalid["future_timestamp"] += rejected
+        return released
+
     def feed_event(self, ev: Event) -> list[Alert]:
+        """One decoded event that passed :meth:`screen`."""
         self.events[ev.kind] += 1
+        self.last_event_ts = ev.ts
         if ev.ts > self.watermark:
             self.watermark = ev.ts
         outcome = self.joiner.add(ev)
@@ -286,7 +328,11 @@ class Engine:
         return alerts
 
     def drain(self) -> list[Alert]:
-        """Everything held and buffered through the detectors (end of input)."""
+        """Everything held and buffered through the detectors (end of input); events still in the
+        future quarantine never reached a quorum and are rejected."""
+        rejected = self.future.drain()
+        if rejected:
+            self.invalid["future_timestamp"] += rejected
         return self.release(math.inf) + self.flush()
 
     @property
@@ -359,7 +405,7 @@ class Engine:
             "events": dict(self.events), "invalid": dict(self.invalid), "outcomes": self.outcomes,
             "watermark": self.watermark, "rows": n,
             "active": [a.to_dict() for a in self.active.values()],
-            "join": self.joiner.state(), "slices": self.slices.state(),
+            "join": self.joiner.state(), "slices": self.slices.state(), "future": self.future.state(),
             "held": msgspec.msgpack.encode([o for _, _, o in self._held]),
         }
         return data, {"st": self.st[:n].copy(), "det": self.det[:n].copy()}
@@ -372,6 +418,7 @@ class Engine:
         self.events, self.invalid = Counter(data["events"]), Counter(data["invalid"])
         self.outcomes, self.watermark = data["outcomes"], data["watermark"]
         self.joiner.restore(data["join"])
+        self.future.restore(data["future"])
         self._held = [(o.ts, o.id, o) for o in msgspec.msgpack.decode(data["held"], type=list[Outcome])]
         heapq.heapify(self._held)
         self.slices.restore(data["slices"])

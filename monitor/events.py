@@ -11,6 +11,7 @@ import math
 import re
 from datetime import datetime
 from sys import intern
+from collections.abc import Callable
 from typing import Any, NamedTuple, Union
 
 import msgspec
@@ -38,7 +39,8 @@ REASONS = (
     "missing_label",
     "bad_label",
     "bad_errors_units",
-    "unscorable",  # output and label decode but the metric cannot compare them
+    "unscorable",  # an output or label the configured metrics cannot score (text for WER, ...)
+    "future_timestamp",  # further ahead than events.max_future (checked by the engine)
 )
 
 UNKNOWN = "unknown"
@@ -166,8 +168,10 @@ def _schema(fields: Any) -> Any:
 class Decoder:
     """Turns raw bytes into :class:`Event` according to the config's field mapping."""
 
-    def __init__(self, cfg: EventsConfig):
+    def __init__(self, cfg: EventsConfig, unscorable: Callable[[Any], str | None] | None = None):
+        """``unscorable(value)``: why an output or label can never be scored (the scorer knows)."""
         self.cfg = cfg
+        self._unscorable = unscorable
         self._wire = _schema(cfg.fields)
         self._decode = msgspec.json.Decoder(self._wire).decode
         self._names = {name: getattr(cfg.fields, name) for name in _FIELD_REASON}
@@ -248,6 +252,7 @@ class Decoder:
                     raise InvalidEvent("missing_output")
             else:
                 output = self._value(output, "bad_output")
+                self._scorable(output, errors, "output")
         if kind != "prediction":
             label = w.label
             if label is None:
@@ -255,7 +260,12 @@ class Decoder:
                     raise InvalidEvent("missing_label")
             else:
                 label = self._value(label, "bad_label")
+                self._scorable(label, errors, "label")
         return Event(kind, eid, ts, model, tenant, attrs, output, label, errors, units)
+
+    def _scorable(self, value: Any, errors: float | None, side: str) -> None:
+        if errors is None and self._unscorable is not None and (why := self._unscorable(value)) is not None:
+            raise InvalidEvent("unscorable", f"{side}: {why}")
 
     def seen_models(self) -> list[str]:
         return list(self._seen_models)

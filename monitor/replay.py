@@ -2,7 +2,8 @@
 
 With ``replay.order_by_event_time`` (the default) all events are decoded first and processed
 in event-time order (ties keep file order), so the result does not depend on how the files
-were split or concatenated; otherwise lines are streamed in file order.
+were split or concatenated; otherwise lines are streamed in file order. Either way, event
+times far ahead of the stream are judged in file order (:mod:`monitor.future`).
 """
 
 from __future__ import annotations
@@ -65,13 +66,15 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
 
     if engine.cfg.replay.order_by_event_time:
         engine.ordered = True  # outcomes reach the detectors in (ts, id) order, like the daemon's
-        decoded = []
-        decode = engine.decoder.decode
+        decoded: list[Event] = []
+        decode, screen = engine.decoder.decode, engine.screen
         for line in _lines(files, progress):
             try:
-                decoded.append(decode(line))
+                ev = decode(line)
             except InvalidEvent as exc:
                 engine.invalid[exc.reason] += 1
+                continue
+            decoded += screen(ev)  # times far ahead are judged in file order, before sorting
         decoded.sort(key=lambda ev: ev.ts)  # stable: ties keep file order
         ordered: Iterable[Event] = decoded
         if progress:

@@ -18,6 +18,8 @@ from monitor.config import MetricsConfig, TextConfig
 
 
 _BOOL_TEXT = {"true": "1", "false": "0"}
+#: what each metric needs of an output and of a label; metrics not listed take any scalar
+_NEEDS = {"wer": "text", "cer": "text", "abs_error": "number", "squared_error": "number"}
 
 
 class ScoreError(ValueError):
@@ -76,6 +78,25 @@ class Scorer:
         self._words = make_tokenizer(cfg.text)
         self._pos = canonical_class(cfg.positive_class) if cfg.positive_class is not None else None
         self._fns = tuple(getattr(self, f"_{name}") for name in self.names)
+        self._needs = frozenset(_NEEDS[n] for n in self.names if n in _NEEDS)
+
+    def unscorable(self, value: Any) -> str | None:
+        """Why an output or label can never be scored by the configured metrics, or None.
+
+        Each side is checked on its own when its event is decoded, so an event the metrics cannot
+        use is rejected before it reaches the join and never takes the place of a valid one.
+
+        >>> Scorer(MetricsConfig(names=["wer"])).unscorable(3)
+        'wer/cer need text, got int'
+        """
+        if "text" in self._needs and not isinstance(value, str):
+            return f"wer/cer need text, got {type(value).__name__}"
+        if "number" in self._needs:
+            try:
+                self._number(value)
+            except ScoreError as exc:
+                return str(exc)
+        return None
 
     def score(self, output: Any, label: Any, errors: float | None, units: float | None) -> list[tuple[float, float]]:
         """``[(errors, units)]`` per metric, in ``names`` order.
@@ -117,14 +138,19 @@ class Scorer:
         return float(Levenshtein.distance(self._norm(output), ref)), float(len(ref))
 
     @staticmethod
-    def _numbers(output: Any, label: Any) -> tuple[float, float]:
+    def _number(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ScoreError("regression metrics need numbers, got a boolean")
         try:
-            o, y = float(output), float(label)
+            x = float(value)
         except (TypeError, ValueError):
             raise ScoreError("regression metrics need numeric output and label") from None
-        if isinstance(output, bool) or isinstance(label, bool) or not (math.isfinite(o) and math.isfinite(y)):
+        if not math.isfinite(x):
             raise ScoreError("regression metrics need finite numbers")
-        return o, y
+        return x
+
+    def _numbers(self, output: Any, label: Any) -> tuple[float, float]:
+        return self._number(output), self._number(label)
 
     def _abs_error(self, output: Any, label: Any) -> tuple[float, float]:
         o, y = self._numbers(output, label)

@@ -23,6 +23,7 @@ from monitor.simulate import SpeechScenario
 from monitor.table import slice_table
 from tests.conftest import ROOT
 from tests.kafka_harness import Broker, free_port, produce, start_broker
+from tests.poison import poison
 from tests.receivers import PostCollector
 
 pytestmark = pytest.mark.slow
@@ -257,6 +258,32 @@ def test_invalid_events_go_to_the_dead_letter_topic_with_their_reason(broker, tm
         source_topic, partition, offset = headers["lastmile-source"].decode().rsplit("/", 2)
         assert source_topic in (topics["prediction"], topics["feedback"]) and int(offset) >= 0
     assert reasons == expected["pipeline"]["invalid"]
+
+
+def test_poisoned_events_cost_the_daemon_nothing_valid(broker, tmp_path) -> None:
+    """Unscorable feedback for real ids ahead of the genuine one, copies of real events fifty years
+    ahead of the wall clock, the malformed corpus: the daemon's slices equal the clean file's
+    replay, nothing stalls, and each rejected event is dead-lettered with its reason."""
+    preds, fbs = broker.create_topics(4, "predictions", "feedback")
+    (dlq,) = broker.create_topics(1, "dead-letters")
+    topics = {"prediction": preds, "feedback": fbs, "outcome": preds}
+    clean = list(SpeechScenario(outcomes=10_000, seed=25, malformed=0.0).events())
+    mixed, added = poison(clean, seed=26)
+    produce(broker.bootstrap, topics, mixed)
+    expected = expected_table(clean, tmp_path)
+    daemon = DaemonProcess(broker, topics, tmp_path / "state", f"g-{tmp_path.name}")
+    daemon.env["LASTMILE__KAFKA__DEAD_LETTER_TOPIC"] = dlq
+    daemon.start()
+    body = daemon.wait(lambda b: b["pipeline"]["outcomes"] == expected["pipeline"]["outcomes"], 120, "all outcomes")
+    assert numbers(body) == numbers(expected)
+    assert {a["fingerprint"] for a in body["alerts"]} == {a["fingerprint"] for a in expected["alerts"]}
+    invalid = body["pipeline"]["invalid"]
+    assert invalid["future_timestamp"] == added["future_timestamp"]
+    assert invalid["unscorable"] >= added["unscorable"] and sum(invalid.values()) == sum(added.values())
+    assert daemon.terminate() == 0
+    letters = read_topic(broker.bootstrap, dlq, sum(added.values()))
+    reasons = [dict(m.headers)["lastmile-reason"].decode() for m in letters]
+    assert reasons.count("future_timestamp") == added["future_timestamp"]
 
 
 def test_a_stream_of_nearly_only_invalid_events_stops_the_daemon_with_a_clear_error(broker, tmp_path) -> None:

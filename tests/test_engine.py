@@ -17,6 +17,7 @@ from monitor.edetector import EDetector
 from monitor.engine import Engine
 from monitor.replay import replay
 from monitor.table import slice_table
+from tests.poison import MALFORMED
 from tests.conftest import make_config
 
 VOCAB = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
@@ -122,30 +123,6 @@ def test_oracle_classifier_rates(tmp_path) -> None:
             row = rows[(key, metric)]
             assert (row["n"], row["units"], row["errors"]) == (units, units, errors), (g, metric)
             assert row["value"] == pytest.approx(errors / units)
-
-
-MALFORMED = [
-    b'{"type": "prediction", "id": "bad-1", "ts": "not a time", "model": "asr", "output": "x"}',
-    b'{"type": "feedback", "id": "u1"',
-    b"\xff\xfe\x00garbage",
-    b"[]",
-    b"null",
-    b'"just a string"',
-    b"{}",
-    b'{"type": "prediction", "ts": 1795514500, "model": "asr", "output": "no id"}',
-    b'{"type": "prediction", "id": ["u2"], "ts": 1795514500, "model": "asr", "output": "x"}',
-    b'{"type": "prediction", "id": "bad-2", "ts": 1795514500, "model": 3, "output": "x"}',
-    b'{"type": "prediction", "id": "bad-3", "ts": 1795514500, "model": "asr", "attributes": {"accent": [1]}, "output": "x"}',
-    b'{"type": "prediction", "id": "bad-4", "ts": 1795514500, "model": "asr", "tenant": {"x": 1}, "output": "x"}',
-    b'{"type": "feedback", "id": "bad-5", "ts": 1795514500, "label": {"text": "x"}}',
-    b'{"type": "feedback", "id": "u3", "ts": 1795514500}',
-    b'{"type": "outcome", "id": "bad-6", "ts": 1795514500, "model": "asr", "errors": -2, "units": 3}',
-    b'{"type": "prediction", "id": "bad-7", "ts": 1795514500, "model": "asr", "output": "' + b"w " * 40000 + b'"}',
-    b'{"type": "prediction", "id": "bad-8", "ts": 1e30, "model": "asr", "output": "x"}',
-    b'{"type": "delete", "id": "u4", "ts": 1795514500}',
-    b'{"type": "prediction", "id": "bad-9", "ts": true, "model": "asr", "output": "x"}',
-    b'{"type": "outcome", "id": "bad-10", "ts": 1795514500, "model": "asr", "output": 5, "label": "five"}',
-]
 
 
 def test_malformed_lines_change_nothing_valid(tmp_path) -> None:
