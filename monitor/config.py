@@ -113,11 +113,24 @@ class MetricsConfig(_Strict):
     max_units_per_outcome: float = Field(1.0, gt=0)
 
 
+class AdmissionConfig(_Strict):
+    """Admission of dimension values by frequency once ``max_values_per_dimension`` is full."""
+
+    #: candidate values counted per model × dimension (Space-Saving counters: the memory bound)
+    candidates: int = Field(1000, ge=1)
+    #: guaranteed occurrences a candidate needs to take a place (and twice the weakest value's count)
+    min_count: int = Field(100, ge=1)
+    #: value counts halve every this many outcomes of the model, so faded values make room
+    half_life: int = Field(100_000, ge=10)
+
+
 class SlicesConfig(_Strict):
     dimensions: list[str] = Field(default_factory=list)
     #: which combinations of dimensions to track; the whole population ``[]`` is always tracked
     combinations: list[list[str]] = Field(default_factory=list)
+    #: values tracked per model and dimension; beyond it, values are admitted by frequency
     max_values_per_dimension: int = Field(200, ge=1)
+    admission: AdmissionConfig = AdmissionConfig()
     max_slices: int = Field(20000, ge=1)
     #: below this many outcomes a slice is "insufficient data" and never alerted on
     min_samples: int = Field(200, ge=1)

@@ -93,6 +93,7 @@ class Engine:
         self.future = FutureGuard(cfg.events.max_future, wall_clock)
         self.joiner = Joiner(cfg.join.ttl, cfg.join.max_pending)
         self.slices = SliceIndex(cfg.slices)
+        self.slices.busy = self._busy
         self.lineage = Lineage(self.slices.combos)
         self.metrics = tuple(cfg.metrics.names)
         if baselines is None and cfg.baseline.source == "file" and cfg.baseline.file:
@@ -158,8 +159,16 @@ class Engine:
             self.st, self.det = st, det
         cfg = self.cfg
         first = self._rows_ready // n_metrics
-        for sid in range(first, len(self.slices)):
+        reused = [sid for sid in self.slices.take_reused() if sid < first]
+        if reused:  # ids of retired slices, given to new ones: their rows start afresh
+            blank_st, blank_det = K.new_rows(1, len(LAMBDAS))
+            rows = np.array([sid * n_metrics + m for sid in reused for m in range(n_metrics)], dtype=np.int64)
+            self.st[rows], self.det[rows] = blank_st[0], blank_det[0]
+        fresh = [*reused, *range(first, len(self.slices))]
+        for sid in fresh:
             key = self.slices.keys[sid]
+            if key.combo < 0:
+                continue  # retired again before any outcome reached it
             desc = self.slices.describe(sid)
             override = cfg.models.get(key.model)
             drift, disp = self.decision(key.model, "drift"), self.decision(key.model, "disparity")
@@ -181,7 +190,33 @@ class Engine:
                     row[F.BSRC] = K.Source.FILE
         self._rows_ready = len(self.slices) * n_metrics
         # slices first seen after their model's reference period (or with none) inherit at once
-        self._inherit(sid for sid in range(first, len(self.slices)) if self._reference_closed(sid))
+        self._inherit(sid for sid in fresh if self.slices.keys[sid].combo >= 0 and self._reference_closed(sid))
+
+    def _busy(self, sid: int) -> bool:
+        """A slice with an alert firing: its values keep their place (see :mod:`monitor.admission`)."""
+        n_metrics = len(self.metrics)
+        rows = self.st[sid * n_metrics: min((sid + 1) * n_metrics, self._rows_ready)]
+        return bool((rows[:, F.DSTATE] > 0).any() or (rows[:, F.PSTATE] > 0).any())
+
+    def _settle(self, ts: float) -> list[Alert]:
+        """After a batch: retired slices' ids become reusable. One that began firing after its value
+        was retired (within the batch) is resolved: it is no longer tracked."""
+        alerts: list[Alert] = []
+        n_metrics = len(self.metrics)
+        for sid, key in self.slices.settle():
+            desc = self.slices.describe_key(key)
+            for m, metric in enumerate(self.metrics):
+                row = self.st[sid * n_metrics + m]
+                for kind, field in (("drift", F.DSTATE), ("disparity", F.PSTATE)):
+                    firing = self.active.pop(fingerprint(key.model, desc, kind, metric), None)
+                    row[field] = 0.0
+                    if firing is not None:
+                        alerts.append(Alert.make(kind, "resolved", key.model, desc, metric, firing.value,
+                                                 firing.reference, firing.n, ts, firing.tolerance,
+                                                 baseline_source=firing.baseline_source,
+                                                 baseline_from=firing.baseline_from,
+                                                 explained_by=firing.explained_by, incident=firing.incident))
+        return alerts
 
     def _reference_closed(self, sid: int) -> bool:
         if self.params[K.P.REFMODE] == K.Ref.NONE:
@@ -381,6 +416,8 @@ class Engine:
                                           float(ts[out_i[j]])))
             if closed >= 0:
                 self._close_reference(int(closed))
+        if len(ts):
+            alerts += self._settle(float(ts[-1]))
         return alerts
 
     # ---- checkpointing -------------------------------------------------------------------------

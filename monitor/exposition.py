@@ -162,6 +162,11 @@ def _pipeline_families(p: dict[str, Any]) -> Iterator[Any]:
     for dim, count in s["value_overflow"].items():
         over.add_metric([dim], count)
     yield over
+    retired = CounterMetricFamily("lastmile_values_retired", "Dimension values that faded and gave up their "
+                                  "place to a more frequent one (their slices were retired).", labels=["dimension"])
+    for dim, count in s["values_retired"].items():
+        retired.add_metric([dim], count)
+    yield retired
     yield CounterMetricFamily("lastmile_slice_overflow", "Outcomes whose slice was over max_slices.",
                               value=s["slice_overflow"])
 

@@ -4,16 +4,25 @@ A slice is a set of ``dimension = value`` pairs within one model; the whole popu
 ``{}`` is always tracked. Values come from the event's ``tenant`` (the ``tenant``
 dimension) and ``attributes``; a missing one is ``unknown``, never imputed.
 
-Bounds: each model keeps at most ``max_values_per_dimension`` distinct values per dimension
-and ``max_slices`` slices in total; anything beyond maps to ``__other__`` and is counted, so
-a flood of new values cannot grow memory (or Prometheus series) without bound.
+Bounds: each model tracks at most ``max_values_per_dimension`` values per dimension, admitted
+by frequency (:mod:`monitor.admission`: a value that becomes frequent late takes the place of
+one that faded, whose slices are retired and their ids recycled), and ``max_slices`` slices in
+total; anything beyond maps to ``__other__`` and is counted, so a flood of new values cannot
+grow memory (or Prometheus series) without bound.
+
+Slice ids are row numbers in the engine's state. A retired slice's id is reused only after the
+engine has run the batch that may still hold outcomes routed to it (:meth:`SliceIndex.settle`),
+and the engine resets its rows before reuse (:meth:`SliceIndex.take_reused`).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from monitor.admission import ValueAdmission
 from monitor.config import SlicesConfig
 from monitor.events import UNKNOWN
 
@@ -27,6 +36,9 @@ class SliceKey(NamedTuple):
     values: tuple[str, ...]
 
 
+_RETIRED = SliceKey("", -1, ())  # the key of an id whose slice was retired (until it is reused)
+
+
 class SliceIndex:
     def __init__(self, cfg: SlicesConfig):
         self.cfg = cfg
@@ -35,37 +47,88 @@ class SliceIndex:
         combos = [tuple(sorted(order[d] for d in combo)) for combo in cfg.combinations]
         #: dimension indices of each tracked combination; combination 0 is ``{}``
         self.combos: tuple[tuple[int, ...], ...] = ((),) + tuple(c for c in combos if c)
-        self.keys: list[SliceKey] = []
+        self.keys: list[SliceKey] = []  # by id; _RETIRED for a retired id not yet reused
         self._ids: dict[SliceKey, int] = {}
-        self._values: dict[tuple[str, int], set[str]] = {}
-        # (model, tenant, *attribute values as they arrived) → slice ids: one dict lookup per outcome
-        self._routes: dict[tuple[str | None, ...], list[int]] = {}
+        self._admission: dict[tuple[str, int], ValueAdmission] = {}
+        self._ticks: dict[str, int] = {}  # outcomes per model since its counts last faded
+        self._by_value: dict[tuple[str, int, str], list[int]] = {}  # (model, dim, value) → ids holding it
+        # (model, tenant, *attribute values as they arrived) → (slice ids, count cells of its values):
+        # one dict lookup per outcome, plus one count per dimension
+        self._routes: dict[tuple[str | None, ...], tuple[list[int], list[tuple[dict[str, float], str]]]] = {}
         self._attr_dims = self.dimensions  # "tenant" too: it may come from attributes when the field is absent
         self.value_overflow: Counter[str] = Counter()  # dimension → outcomes mapped to __other__
+        self.retired: Counter[str] = Counter()  # dimension → values retired to make room
         self.slice_overflow = 0  # outcomes whose slice was over the cap
-        self._regular = 0  # slices created within the cap
+        self._regular = 0  # slices tracked within the cap
+        self._retiring: list[tuple[int, SliceKey]] = []  # retired ids the engine may still have outcomes for
+        self._free: list[int] = []  # heap of retired ids ready for reuse
+        self._reused: list[int] = []  # ids reused since the engine last took them
+        #: is this slice busy (an alert firing)? Its values are then never retired. The engine sets it.
+        self.busy: Callable[[int], bool] = lambda sid: False
 
     def __len__(self) -> int:
+        """Ids in use or retired: the engine's rows; :meth:`live` lists the tracked slices."""
         return len(self.keys)
+
+    def live(self) -> list[int]:
+        return [sid for sid, key in enumerate(self.keys) if key.combo >= 0]
 
     # ---- checkpointing (the route cache is rebuilt on demand) ----------------------------------
     def state(self) -> dict[str, Any]:
         return {"keys": [[k.model, k.combo, list(k.values)] for k in self.keys],
-                "values": [[m, d, sorted(v)] for (m, d), v in self._values.items()],
-                "value_overflow": dict(self.value_overflow), "slice_overflow": self.slice_overflow,
-                "regular": self._regular}
+                "admission": [[m, d, a.state()] for (m, d), a in self._admission.items()],
+                "ticks": dict(self._ticks), "value_overflow": dict(self.value_overflow),
+                "retired": dict(self.retired), "slice_overflow": self.slice_overflow, "regular": self._regular,
+                "retiring": [[sid, k.model, k.combo, list(k.values)] for sid, k in self._retiring],
+                "free": sorted(self._free), "reused": list(self._reused)}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.keys = [SliceKey(m, c, tuple(v)) for m, c, v in state["keys"]]
-        self._ids = {k: i for i, k in enumerate(self.keys)}
-        self._values = {(m, d): set(v) for m, d, v in state["values"]}
+        self._ids = {k: i for i, k in enumerate(self.keys) if k.combo >= 0}
+        self._by_value = {}
+        for sid, key in enumerate(self.keys):
+            self._index_values(sid, key)
+        self._admission = {}
+        for m, d, a in state["admission"]:
+            self._admission[(m, d)] = adm = self._new_admission()
+            adm.restore(a)
+        self._ticks = dict(state["ticks"])
         self.value_overflow = Counter(state["value_overflow"])
+        self.retired = Counter(state["retired"])
         self.slice_overflow = state["slice_overflow"]
         self._regular = state["regular"]
+        self._retiring = [(sid, SliceKey(m, c, tuple(v))) for sid, m, c, v in state["retiring"]]
+        self._free, self._reused = list(state["free"]), list(state["reused"])
+        heapq.heapify(self._free)
         self._routes = {}
 
+    def _new_admission(self) -> ValueAdmission:
+        adm = self.cfg.admission
+        return ValueAdmission(self.cfg.max_values_per_dimension, adm.candidates, adm.min_count)
+
+    def _index_values(self, sid: int, key: SliceKey) -> None:
+        if key.combo > 0:
+            for d, v in zip(self.combos[key.combo], key.values):
+                self._by_value.setdefault((key.model, d, v), []).append(sid)
+
+    # ---- recycling ids (the engine's side) -----------------------------------------------------
+    def settle(self) -> list[tuple[int, SliceKey]]:
+        """The engine has run every outcome routed so far: ids retired since may be reused.
+        Returns them with the slices they held (the engine resolves anything still firing)."""
+        done, self._retiring = self._retiring, []
+        for sid, _ in done:
+            heapq.heappush(self._free, sid)
+        return done
+
+    def take_reused(self) -> list[int]:
+        """Ids given to new slices since the last call: the engine resets their rows."""
+        reused, self._reused = self._reused, []
+        return reused
+
     def describe(self, sid: int) -> dict[str, str]:
-        key = self.keys[sid]
+        return self.describe_key(self.keys[sid])
+
+    def describe_key(self, key: SliceKey) -> dict[str, str]:
         dims = self.combos[key.combo]
         return {self.dimensions[d]: v for d, v in zip(dims, key.values)}
 
@@ -81,12 +144,22 @@ class SliceIndex:
         return self._ids.get(SliceKey(model, combo, values), -1)
 
     def route(self, model: str, tenant: str | None, attributes: dict[str, str]) -> list[int]:
-        """Slice ids of every tracked combination for this outcome, population first."""
+        """Slice ids of every tracked combination for this outcome, population first.
+
+        Each call counts the outcome's values (for admission by frequency), so the result
+        depends only on the sequence of calls: replay, the daemon and a restored checkpoint
+        route alike."""
         get = attributes.get
         raw_key = (model, tenant, *[get(d) for d in self._attr_dims])
-        ids = self._routes.get(raw_key)
-        if ids is not None:
-            return ids
+        ticks = self._ticks
+        tick = ticks[model] = ticks.get(model, 0) + 1
+        if tick >= self.cfg.admission.half_life:
+            self._fade(model)
+        cached = self._routes.get(raw_key)
+        if cached is not None:
+            for counts, value in cached[1]:
+                counts[value] += 1.0
+            return cached[0]
         values = []
         for dim in self.dimensions:
             v = tenant if dim == "tenant" and tenant is not None else attributes.get(dim)
@@ -97,18 +170,61 @@ class SliceIndex:
         overflowed = OTHER in capped or self.slice_overflow != overflow_before
         if not overflowed and len(self._routes) < _ROUTE_CACHE_MAX:
             # overflowed routes are recomputed each time so overflow stays counted per outcome
-            self._routes[raw_key] = ids
+            cells = [(self._admission[(model, d)].tracked, v) for d, v in enumerate(capped)]
+            self._routes[raw_key] = (ids, cells)
         return ids
 
     def _cap_value(self, model: str, dim: int, value: str) -> str:
-        seen = self._values.setdefault((model, dim), set())
-        if value in seen:
+        adm = self._admission.get((model, dim))
+        if adm is None:
+            adm = self._admission[(model, dim)] = self._new_admission()
+        tracked = adm.tracked
+        if value in tracked:
+            tracked[value] += 1.0
             return value
-        if len(seen) < self.cfg.max_values_per_dimension:
-            seen.add(value)
+        if len(tracked) < adm.cap:
+            tracked[value] = 1.0
+            return value
+        victim = adm.offer(value, lambda v: self._value_busy(model, dim, v))
+        if victim is not None:
+            self._retire(model, dim, victim)
+            adm.admit(value, victim)
             return value
         self.value_overflow[self.dimensions[dim]] += 1
         return OTHER
+
+    def _holding(self, model: str, dim: int, value: str) -> list[int]:
+        """Live slice ids holding ``dim = value`` (the index may list reused ids: checked)."""
+        out = []
+        for sid in self._by_value.get((model, dim, value), ()):
+            key = self.keys[sid]
+            dims = self.combos[key.combo] if key.combo > 0 else ()
+            if key.model == model and dim in dims and key.values[dims.index(dim)] == value:
+                out.append(sid)
+        return out
+
+    def _value_busy(self, model: str, dim: int, value: str) -> bool:
+        return any(self.busy(sid) for sid in self._holding(model, dim, value))
+
+    def _retire(self, model: str, dim: int, value: str) -> None:
+        """``value`` gives up its place: its slices stop being tracked; their ids are recycled."""
+        for sid in self._holding(model, dim, value):
+            self._retiring.append((sid, self.keys[sid]))
+            del self._ids[self.keys[sid]]
+            self.keys[sid] = _RETIRED
+            self._regular -= 1
+        self._by_value.pop((model, dim, value), None)
+        self.retired[self.dimensions[dim]] += 1
+        self._routes.clear()  # cached routes may hold the retired ids and count cells
+
+    def _fade(self, model: str) -> None:
+        """Every half-life of a model's outcomes, its value counts halve: values that stop
+        arriving lose their claim to a place."""
+        self._ticks[model] = 0
+        for d in range(len(self.dimensions)):
+            adm = self._admission.get((model, d))
+            if adm is not None:
+                adm.fade(0.5)
 
     def _slice_id(self, model: str, combo: int, values: tuple[str, ...]) -> int:
         key = SliceKey(model, combo, values)
@@ -123,7 +239,13 @@ class SliceIndex:
                 return sid
         else:
             self._regular += 1
-        sid = len(self.keys)
-        self.keys.append(key)
+        if self._free:
+            sid = heapq.heappop(self._free)
+            self.keys[sid] = key
+            self._reused.append(sid)
+        else:
+            sid = len(self.keys)
+            self.keys.append(key)
         self._ids[key] = sid
+        self._index_values(sid, key)
         return sid

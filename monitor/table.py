@@ -21,7 +21,8 @@ def slice_rows(engine: Engine) -> list[dict[str, Any]]:
     n_metrics = len(engine.metrics)
     st = engine.st[: len(engine.slices) * n_metrics].copy()
     out = []
-    for sid, key in enumerate(engine.slices.keys):
+    for sid in engine.slices.live():
+        key = engine.slices.keys[sid]
         desc = engine.slices.describe(sid)
         for m, metric in enumerate(engine.metrics):
             r = sid * n_metrics + m
@@ -86,8 +87,9 @@ def slice_table(engine: Engine) -> dict[str, Any]:
                 "label_delay_histogram": {"buckets": list(j.label_delay_buckets), "sum": j.label_delay_sum},
             },
             "slices": {
-                "tracked": len(engine.slices),
+                "tracked": len(engine.slices.live()),
                 "value_overflow": dict(engine.slices.value_overflow),
+                "values_retired": dict(engine.slices.retired),
                 "slice_overflow": engine.slices.slice_overflow,
             },
             "watermark": rfc3339(engine.watermark) if math.isfinite(engine.watermark) else None,

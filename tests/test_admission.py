@@ -1,0 +1,137 @@
+"""Admission of dimension values by frequency: bounded, deterministic, checkpointed, and a late
+frequent condition is tracked however full the cap was."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import msgspec
+import numpy as np
+
+from monitor.admission import SpaceSaving
+from monitor.checkpoint import CheckpointStore
+from monitor.config import SlicesConfig
+from monitor.engine import Engine
+from monitor.exposition import SERIES_PER_ROW
+from monitor.slices import OTHER, SliceIndex
+from monitor.table import slice_table
+from tests.bench.admission import CONFIG, junk_then_new
+from tests.conftest import make_config
+
+T0 = 1795514400.0
+
+
+def test_space_saving_keeps_its_guarantee_on_a_skewed_stream() -> None:
+    """Every value more frequent than total/capacity is held, and count − error ≤ true ≤ count."""
+    rng = np.random.default_rng(3)
+    stream = [f"v{x}" for x in rng.zipf(1.3, 200_000)]
+    sketch = SpaceSaving(100)
+    for v in stream:
+        sketch.add(v)
+    true = Counter(stream)
+    held = {v: (c, err) for v, c, err, _ in sketch.state()["entries"]}
+    assert len(held) == 100
+    assert {v for v, c in true.items() if c > len(stream) / 100} <= set(held)
+    for v, (c, err) in held.items():
+        assert c - err <= true[v] <= c, v
+
+
+def _index(**admission) -> SliceIndex:
+    return SliceIndex(SlicesConfig(dimensions=["a"], combinations=[["a"]], max_values_per_dimension=3,
+                                   admission={"candidates": 10, "min_count": 20, "half_life": 400, **admission}))
+
+
+def test_a_value_frequent_after_the_cap_filled_takes_the_place_of_one_that_faded() -> None:
+    idx = _index()
+    for i in range(1300):  # p, q, r fill the cap; p and q fade away (counts halve every 400 outcomes)
+        idx.route("m", None, {"a": "pqr"[i % 3] if i < 300 else "r"})
+    assert idx.describe(idx.route("m", None, {"a": "late"})[1]) == {"a": OTHER}
+    got = [idx.describe(idx.route("m", None, {"a": "late"})[1]) for _ in range(40)]
+    assert got[-1] == {"a": "late"} and got[0] == {"a": OTHER}  # admitted once frequent enough
+    assert idx.retired["a"] == 1 and idx.find("m", 1, ("p",)) == -1  # the weakest (p, then q by name) retired
+    assert idx.find("m", 1, ("q",)) >= 0 and idx.find("m", 1, ("r",)) >= 0
+    # junk that never repeats never takes a place
+    for i in range(5000):
+        idx.route("m", None, {"a": f"junk{i}"})
+        idx.route("m", None, {"a": "r"})
+    assert idx.retired["a"] == 1
+
+
+def test_a_value_whose_slice_is_firing_is_never_retired() -> None:
+    idx = _index()
+    for i in range(90):
+        idx.route("m", None, {"a": "pqr"[i % 3]})
+    firing = idx.find("m", 1, ("p",))
+    idx.busy = lambda sid: sid == firing
+    for _ in range(100):
+        idx.route("m", None, {"a": "late"})
+    assert idx.find("m", 1, ("late",)) >= 0 and idx.find("m", 1, ("p",)) == firing
+    assert idx.find("m", 1, ("q",)) == -1  # the weakest value that is not busy gave its place
+
+
+def test_retired_ids_are_reused_only_after_the_engine_ran_their_outcomes() -> None:
+    idx = _index()
+    for i in range(30):
+        idx.route("m", None, {"a": "pqr"[i % 3]})
+    p = idx.find("m", 1, ("p",))
+    for _ in range(40):
+        idx.route("m", None, {"a": "late"})
+    assert idx.find("m", 1, ("p",)) == -1
+    idx.route("m", None, {"a": "later"})  # (stays __other__: not frequent)
+    assert p not in idx.live() and [sid for sid, _ in idx.settle()] == [p]
+    for _ in range(60):
+        idx.route("m", None, {"a": "third"})
+    assert idx.find("m", 1, ("third",)) == p and idx.take_reused() == [p]
+
+
+def _lines(n: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        phase = i * 4 // n
+        a = rng.choice(["p", "q", "r"]) if phase == 0 else rng.choice(["r", f"new{phase}", f"junk{i}"])
+        out.append(msgspec.json.encode({"type": "outcome", "id": i, "ts": T0 + i, "model": "m", "attributes": {"a": a},
+                                        "output": 0, "label": int(rng.random() < (0.3 if a.startswith("new") else 0.1))}))
+    return out
+
+
+def test_a_checkpoint_restores_the_same_admission_decisions(tmp_path) -> None:
+    """Retirements, recycled ids and candidates' counts are plain data in the checkpoint: an
+    interrupted run equals one that never stopped."""
+    cfg = make_config(slices={"dimensions": ["a"], "combinations": [["a"]], "max_values_per_dimension": 3,
+                              "min_samples": 50, "admission": {"candidates": 10, "min_count": 20, "half_life": 400}},
+                      baseline={"reference": {"outcomes": 2000}, "min_outcomes": 100})
+    lines = _lines(12_000, seed=2)
+    whole = Engine(cfg)
+    expected = whole.feed_many(lines) + whole.flush()
+    assert whole.slices.retired["a"] >= 2 and any(a.kind == "drift" for a in expected)
+    store = CheckpointStore(tmp_path)
+    current, got, start = Engine(cfg), [], 0
+    for cut in (3001, 6007, 9011, len(lines)):
+        got += current.feed_many(lines[start:cut]) + current.flush()
+        store.save({"e": {0: cut}}, *current.state())
+        ckpt = store.latest()
+        current = Engine(cfg)
+        current.restore(ckpt.data, ckpt.arrays)
+        start = cut
+    assert [a.to_dict() for a in got] == [a.to_dict() for a in expected]
+    assert slice_table(current) == slice_table(whole)
+    assert current.slices.state() == whole.slices.state()
+
+
+def test_a_new_condition_after_a_million_junk_values_is_tracked_and_alerted() -> None:
+    """10^6 distinct junk noise values first, then ward-c at 20% of traffic with a higher error
+    rate: ward-c is tracked (new, inheriting its baseline) and alerted; slices, Space-Saving
+    counters and Prometheus series stay within their caps."""
+    r = junk_then_new(1_000_000)
+    print(f"junk 10^6: {r.seconds:.1f} s, peak RSS {r.peak_rss_mb:.0f} MB, {r.series} Prometheus samples, "
+          f"{r.slices} slices ({r.ids} ids), {r.candidates} candidates")
+    assert r.tracked and r.provenance["new"] and r.provenance["baseline_source"] == "inherited"
+    assert r.alert is not None and r.alert.baseline_source == "inherited" and "new condition" in r.alert.summary
+    assert r.retired >= 1 and r.overflow >= 999_000
+    caps = CONFIG["slices"]
+    assert r.ids <= 1 + caps["max_slices"] + 3 and r.candidates <= 1000
+    # each value adds at most one slice per combination holding its dimension
+    assert r.slices <= 1 + 5 + 2 * caps["max_values_per_dimension"] + 5 * caps["max_values_per_dimension"] + 3
+    assert r.series <= r.slices * SERIES_PER_ROW + 100
