@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -82,6 +83,40 @@ def test_demo_serves_metrics_prints_alerts_and_finishes_in_a_minute() -> None:
     firing = [line for line in out.splitlines() if "FIRING" in line]
     assert firing and all("st-marys" in line or "ward-b" in line for line in firing), out
     assert "(all traffic)" in out and "accent=scottish" in out
+    # issue 7: the demo shows ward-b as new, with an inherited baseline and a drift alert on it
+    rows = final_slice_table(out)
+    ward_b = rows.get("noise=ward-b")
+    assert ward_b is not None, out
+    assert ward_b["status"].startswith("new, "), ward_b
+    # noise=ward-b's only ancestor is all traffic, and the source names it
+    assert ward_b["baseline source"] == "from (all traffic)", ward_b
+    kinds = re.search(r"\(([^)]*)\)$", ward_b["status"])  # the kinds firing on it at the end, e.g. (drift+disparity)
+    assert kinds and "drift" in kinds.group(1).split("+"), ward_b
+    assert any(re.search(r"\bFIRING\s+drift\s+.* for (?:the new condition )?noise=ward-b \(", line)
+               for line in firing), out
+    ending = re.search(r"^(\d+) alert\(s\) firing at the end, (\d+) of them paging", out, re.MULTILINE)
+    assert ending, out
+    assert 0 < int(ending.group(2)) < int(ending.group(1)), ending.group(0)
+
+
+def final_slice_table(out: str) -> dict[str, dict[str, str]]:
+    """The demo's closing table, by slice name, with each row's baseline source and status cells.
+
+    The text columns are left-aligned, so they are cut where their header starts; the slice name
+    (words joined by single spaces) is everything before the right-aligned count that follows it.
+    """
+    lines = out.splitlines()
+    at = next((i for i, line in enumerate(lines) if re.match(r"slice\s+n\s+value\s", line)), None)
+    assert at is not None, out
+    source, status = lines[at].index("baseline source"), lines[at].index("status")
+    rows = {}
+    for line in lines[at + 1:]:
+        name = re.match(r"(\S.*?)\s+[\d,]+\s", line)
+        if name is None or line.startswith("... "):  # the blank line after the table, or a "... more rows" note
+            break
+        rows[name.group(1)] = {"baseline source": line[source:status].strip(), "status": line[status:].strip()}
+    assert rows, out
+    return rows
 
 
 def test_bench_prints_the_figures() -> None:
