@@ -71,6 +71,20 @@ def test_amtool_checks_the_alertmanager_config() -> None:
     assert "SUCCESS" in out and "2 inhibit rules" in out
 
 
+def test_alerts_of_one_incident_share_one_alertmanager_group() -> None:
+    """The daemon's slice alerts (with an ``incident`` label) are grouped by cause and reach the
+    same receivers as any page; alerts without it keep the default grouping."""
+    amtool = tool("amtool")
+    for labels in (["incident=abc", "severity=page", "alertname=LastmileSliceDrift"],
+                   ["severity=page", "alertname=LastmileDown"]):
+        out = run(amtool, "config", "routes", "test", "--config.file=alertmanager/alertmanager.yml", *labels)
+        assert "pager,slack,webhook" in out.splitlines(), (labels, out)
+    tree = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())["route"]
+    (incident,) = [r for r in tree["routes"] if r.get("matchers") == ['incident=~".+"']]
+    assert incident["group_by"] == ["model", "metric", "incident"] and not incident.get("continue")
+    assert "incident" not in tree["group_by"]
+
+
 def exposed_metric_names() -> set[str]:
     """Every metric family the daemon can expose (all sections of a snapshot filled in)."""
     from prometheus_client import CollectorRegistry
