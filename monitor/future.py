@@ -6,22 +6,19 @@ further ahead than ``events.max_future`` is rejected as ``future_timestamp`` ins
 nothing. Ahead of what:
 
 * **the wall clock** in the daemon: no producer can legitimately stamp an event a day from now;
-* **a robust watermark** in replay, where the wall clock means nothing: the ``k``-th largest
-  accepted event time, which one bad event (or ``k - 1`` of them) cannot move.
-
-A stream can also jump forward for real (a replay file with a gap of days). Events beyond the
-bound therefore wait in a small quarantine, judged in arrival order. When most of the last
-``quorum`` events arrived beyond the bound and half a quorum of them agree (lie within
-``max_future`` of each other), the stream has moved: they are let through, in arrival order,
-and the watermark moves with them. A clock bug does not move the stream (its events are
-interleaved with the rest, however many there are in absolute terms): its events are rejected
-when the quarantine overflows (oldest first) or the input ends.
+* **the stream** in replay, where the wall clock means nothing: the latest event time accepted
+  so far. Events beyond it wait in a small quarantine, and the events that arrive next decide:
+  each of the following ``VOTES`` events that is not older than ``ts - max_future`` says the
+  stream has moved there. A majority lets the event through (a file with a gap of days, a sparse
+  stream), and the watermark moves with it; otherwise it is rejected. A clock bug is outvoted by
+  the rest of the stream, however many events it stamps, as long as it does not carry most of
+  the traffic. The first ``WARMUP`` events set the starting point by their median (so a bad first
+  event is judged like any other). Decisions depend only on the order of events.
 """
 
 from __future__ import annotations
 
-import heapq
-from bisect import bisect_right
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -29,100 +26,112 @@ import msgspec
 
 from monitor.events import Event
 
-K_LARGEST = 32  # the robust watermark: this many accepted event times must be past a point
-QUORUM = 256  # events beyond the bound that agree with each other: a genuine jump forward
+VOTES = 32  # events after a held one that decide whether the stream moved to it
+WARMUP = 16  # events whose median sets the starting point
 
 
 class FutureGuard:
     def __init__(self, max_future: float, wall_clock: Callable[[], float] | None = None,
-                 k: int = K_LARGEST, quorum: int = QUORUM):
+                 votes: int = VOTES, warmup: int = WARMUP):
         self.max_future = max_future
         self.wall_clock = wall_clock
-        self.k, self.quorum = k, quorum
-        self._largest: list[float] = []  # min-heap of the k largest accepted event times
-        self.bound = float("inf")  # events later than this are held (robust mode)
-        self.seen = 0  # events judged (accepted or held), for arrival-order shares
-        self._held: list[Event] = []  # quarantine, in arrival order
-        self._seqs: list[int] = []  # when each held event arrived (``seen`` at the time)
+        self.votes, self.warmup = votes, warmup
+        self.top = float("-inf")  # latest accepted event time
+        self.bound = float("-inf")  # later events are held (-inf while warming up: all are)
+        self.seen = 0  # events judged
+        #: quarantine, in arrival order: [event, votes for, votes against]
+        self.held: list[list[Any]] = []
 
     def wall_bound(self) -> float:
         """The daemon's bound for a batch: the wall clock plus ``max_future``."""
         assert self.wall_clock is not None
         return self.wall_clock() + self.max_future
 
-    def accept(self, ts: float) -> None:
-        """An accepted event time (robust mode): the watermark is the k-th largest of them."""
+    def note(self, ts: float) -> None:
+        """An accepted event time, in the common case (nothing held, ``ts <= bound``)."""
         self.seen += 1
-        self._note(ts)
+        if ts > self.top:
+            self.top = ts
+            self.bound = ts + self.max_future
 
-    def _note(self, ts: float) -> None:
-        largest = self._largest
-        if len(largest) < self.k:
-            heapq.heappush(largest, ts)
-        elif ts > largest[0]:
-            heapq.heapreplace(largest, ts)
-        else:
-            return
-        # until k events were seen, the earliest accepted one is the reference
-        self.bound = largest[0] + self.max_future
-
-    def hold(self, ev: Event) -> tuple[list[Event], int]:
-        """An event beyond the bound: quarantined. Returns the events let through now (a jump the
-        stream really made, in arrival order, already taken into the watermark) and how many held
-        events were rejected to keep the quarantine bounded."""
+    def judge(self, ev: Event) -> tuple[list[Event], int]:
+        """Any event while something is held or beyond the bound. Returns the events that go
+        on now (``ev`` itself if accepted, and any held ones the votes let through, in arrival
+        order) and how many held events were rejected."""
         self.seen += 1
-        held, seqs, q = self._held, self._seqs, self.quorum
-        held.append(ev)
-        seqs.append(self.seen)
+        gone: list[Event] = []
         rejected = 0
-        if len(held) > 2 * q:
-            held.pop(0)
-            seqs.pop(0)
-            rejected = 1
-        recent = len(seqs) - bisect_right(seqs, self.seen - q)  # held among the last q judged
-        if 2 * recent <= q:
-            return [], rejected
-        times = sorted(e.ts for e in held[len(held) - recent:])
-        lo, run = 0, None
-        for hi, t in enumerate(times):  # a run of them within max_future of each other
-            while t - times[lo] > self.max_future:
-                lo += 1
-            if 2 * (hi - lo + 1) > q:
-                run = (times[lo], times[lo] + self.max_future)
-                break
-        if run is None:
-            return [], rejected
-        in_run = [run[0] <= e.ts <= run[1] for e in held]
-        for e, r in zip(held, in_run):
-            if r:
-                self._note(e.ts)
-        bound = self.bound  # moved by the run: other held events may now be within it
-        go = [r or e.ts <= bound for e, r in zip(held, in_run)]
-        released = [e for e, g in zip(held, go) if g]
-        for e, r, g in zip(held, in_run, go):
-            if g and not r:
-                self._note(e.ts)
-        self._seqs = [s for s, g in zip(seqs, go) if not g]
-        self._held = [e for e, g in zip(held, go) if not g]
-        return released, rejected
+        for entry in self.held:  # ev votes on every held event
+            entry[1 if ev.ts >= entry[0].ts - self.max_future else 2] += 1
+        if ev.ts <= self.bound:
+            self._accept(ev.ts)
+            gone.append(ev)
+        else:
+            self.held.append([ev, 0, 0])
+        if self.bound == float("-inf"):
+            if len(self.held) >= self.warmup:
+                gone += self._start()
+            return gone, rejected
+        keep = []
+        for entry in self.held:
+            e, yes, no = entry
+            if yes + no < self.votes:
+                keep.append(entry)
+            elif 2 * yes > self.votes:
+                self._accept(e.ts)
+                gone.append(e)
+            else:
+                rejected += 1
+        self.held = keep
+        gone += self._within()
+        return gone, rejected
 
-    def drain(self) -> int:
-        """End of input: quarantined events the stream never followed are rejected."""
-        rejected, self._held, self._seqs = len(self._held), [], []
-        return rejected
+    def _accept(self, ts: float) -> None:
+        if ts > self.top:
+            self.top = ts
+            self.bound = ts + self.max_future
 
-    @property
-    def held(self) -> int:
-        return len(self._held)
+    def _start(self) -> list[Event]:
+        """End of the warm-up: the median of the held events is the starting point."""
+        median = statistics.median_low([e.ts for e, _, _ in self.held])
+        self.top, self.bound = median, median + self.max_future
+        return self._within()
+
+    def _within(self) -> list[Event]:
+        """Held events the (moved) bound now covers go on, in arrival order."""
+        gone: list[Event] = []
+        while True:
+            ok = [entry for entry in self.held if entry[0].ts <= self.bound]
+            if not ok:
+                return gone
+            self.held = [entry for entry in self.held if entry[0].ts > self.bound]
+            for e, _, _ in ok:
+                self._accept(e.ts)
+                gone.append(e)
+
+    def drain(self) -> tuple[list[Event], int]:
+        """End of input: held events go on if the votes they got say so (or, with none, if the
+        stream reached within ``max_future`` of them); the rest are rejected."""
+        gone: list[Event] = []
+        if self.bound == float("-inf") and self.held:
+            gone += self._start()
+        rejected = 0
+        for e, yes, no in self.held:
+            if yes > no or (yes == no == 0 and e.ts <= self.top + self.max_future):
+                self._accept(e.ts)
+                gone.append(e)
+            else:
+                rejected += 1
+        self.held = []
+        return gone, rejected
 
     # ---- checkpointing: plain data ------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"largest": sorted(self._largest), "seen": self.seen, "seqs": list(self._seqs),
-                "held": msgspec.msgpack.encode(self._held)}
+        return {"top": self.top, "bound": self.bound, "seen": self.seen,
+                "held": msgspec.msgpack.encode([e for e, _, _ in self.held]),
+                "votes": [[yes, no] for _, yes, no in self.held]}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._largest = list(state["largest"])
-        heapq.heapify(self._largest)
-        self.bound = self._largest[0] + self.max_future if self._largest else float("inf")
-        self.seen, self._seqs = state["seen"], list(state["seqs"])
-        self._held = msgspec.msgpack.decode(state["held"], type=list[Event])
+        self.top, self.bound, self.seen = state["top"], state["bound"], state["seen"]
+        events = msgspec.msgpack.decode(state["held"], type=list[Event])
+        self.held = [[e, yes, no] for e, (yes, no) in zip(events, state["votes"])]

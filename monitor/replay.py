@@ -75,6 +75,7 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
                 engine.invalid[exc.reason] += 1
                 continue
             decoded += screen(ev)  # times far ahead are judged in file order, before sorting
+        decoded += engine.screen_end()
         decoded.sort(key=lambda ev: ev.ts)  # stable: ties keep file order
         ordered: Iterable[Event] = decoded
         if progress:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import msgspec
 import pytest
 
@@ -55,37 +57,64 @@ def test_a_lone_far_future_event_is_rejected_and_moves_no_watermark() -> None:
     engine.feed(msgspec.json.encode({"type": "prediction", "id": "p", "ts": T0 + 100, "model": "m", "output": 1}))
     engine.feed(_ev(999, T0 + FAR))
     assert engine.watermark == T0 + 100 and engine.joiner.pending == 1  # nothing expired
-    assert engine.future.held == 1
+    assert len(engine.future.held) == 1
     engine.feed(msgspec.json.encode({"type": "feedback", "id": "p", "ts": T0 + 101, "label": 1}))
     engine.drain()
     assert engine.invalid == {"future_timestamp": 1} and engine.outcomes == 101
 
 
-def test_a_genuine_jump_forward_is_let_through_once_the_stream_has_moved() -> None:
-    guard = FutureGuard(max_future=3600.0, k=4, quorum=8)
-    for i in range(10):
-        guard.accept(T0 + i)
-    assert guard.bound == T0 + 6 + 3600
-    for i in range(4):  # a day later: held until most of the last eight judged agree
-        got, rejected = guard.hold(_decoded(i, T0 + 86400 + i))
-        assert got == [] and rejected == 0
-    got, _ = guard.hold(_decoded(4, T0 + 86400 + 4))
-    assert [e.id for e in got] == [f"e{i}" for i in range(5)]  # in arrival order
-    assert guard.bound == T0 + 86401 + 3600 and guard.held == 0
-    # a clock bug interleaved with the stream never moves it, however many events it stamps
-    rejected_total = 0
-    for i in range(300):
-        if i % 3 == 0:
-            got, rejected = guard.hold(_decoded(100 + i, T0 + FAR + i))  # all within the hour
-            assert got == []
-            rejected_total += rejected
-        else:
-            guard.accept(T0 + 86405 + i)
-    assert guard.held == 16 and rejected_total == 100 - 16
-    state = msgspec.msgpack.decode(msgspec.msgpack.encode(guard.state()))  # as checkpoints store it
-    again = FutureGuard(max_future=3600.0, k=4, quorum=8)
-    again.restore(state)
-    assert (again.bound, again.held, again.seen) == (guard.bound, guard.held, guard.seen) and again.drain() == 16
+def _judge(guard: FutureGuard, times: list[float], start: int = 0) -> tuple[list[str], int]:
+    """Ids that went on, in order, and how many were rejected (as the engine screens)."""
+    gone, rejected = [], 0
+    for i, ts in enumerate(times, start):
+        if not guard.held and ts <= guard.bound:
+            guard.note(ts)
+            gone.append(f"e{i}")
+            continue
+        got, r = guard.judge(_decoded(i, ts))
+        gone += [e.id for e in got]
+        rejected += r
+    return gone, rejected
+
+
+def _judge_all(guard: FutureGuard, times: list[float]) -> tuple[list[str], int]:
+    gone, rejected = _judge(guard, times)
+    got, r = guard.drain()
+    return gone + [e.id for e in got], rejected + r
+
+
+def test_the_stream_decides_what_is_far_ahead_sparse_gaps_and_bad_first_events_included() -> None:
+    day = 86400.0
+    rng = random.Random(4)
+    # a sparse stream (20 events a day, well under one vote window a day) with a 10-day gap
+    sparse = sorted(T0 + rng.uniform(0, 30 * day) for _ in range(600))
+    sparse = [t + (10 * day if t > T0 + 15 * day else 0) for t in sparse]
+    gone, rejected = _judge_all(FutureGuard(day), sparse)
+    assert rejected == 0 and sorted(gone, key=lambda x: int(x[1:])) == [f"e{i}" for i in range(600)]
+    # a clock bug on 30% of the events, all within an hour of each other: outvoted, every one
+    times = [T0 + FAR + i if i % 10 < 3 else T0 + i for i in range(2000)]
+    gone, rejected = _judge_all(FutureGuard(day), times)
+    assert rejected == 600 and len(gone) == 1400 and all(int(g[1:]) % 10 >= 3 for g in gone)
+    # a bad first event is judged like any other
+    gone, rejected = _judge_all(FutureGuard(day), [T0 + FAR] + [T0 + i for i in range(100)])
+    assert rejected == 1 and "e0" not in gone and len(gone) == 100
+    # a file that really jumps forward mid-way: everything goes on, in arrival order
+    times = [T0 + i for i in range(500)] + [T0 + 30 * day + i for i in range(500)]
+    gone, rejected = _judge_all(FutureGuard(day), times)
+    assert rejected == 0 and gone == [f"e{i}" for i in range(1000)]
+
+
+def test_the_quarantine_is_checkpointed_as_plain_data() -> None:
+    times = [T0 + FAR + i if i % 10 < 3 else T0 + i for i in range(200)]
+    expected = _judge_all(FutureGuard(86400.0), times)
+    first = FutureGuard(86400.0)
+    gone, rejected = _judge(first, times[:105])
+    assert first.held
+    again = FutureGuard(86400.0)
+    again.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(first.state())))  # as checkpoints store it
+    rest, r = _judge(again, times[105:], start=105)
+    got, r2 = again.drain()
+    assert (gone + rest + [e.id for e in got], rejected + r + r2) == expected
 
 
 def _decoded(i: int, ts: float):
