@@ -98,6 +98,8 @@ class SpaceSaving:
         self._seq = state["seq"]
         self._entries = {v: [c, err, float(seq)] for v, c, err, seq in state["entries"]}
         self._rebuild()
+        while len(self._entries) > self.capacity:  # the config now allows fewer counters
+            self._evict()
 
 
 class ValueAdmission:
@@ -111,12 +113,14 @@ class ValueAdmission:
         # a candidate below this guaranteed count cannot take a place (recomputed after changes)
         self.bar = 0.0
 
-    def offer(self, value: str, busy: Callable[[str], bool]) -> str | None:
-        """A value that is not tracked, seen once more. Returns the tracked value it should
-        replace (the caller retires it and calls :meth:`admit`), or None: not (yet) admitted."""
-        g = self.candidates.add(value)
-        if g < self.bar:
-            return None
+    def count(self, value: str) -> float:
+        """A value that is not tracked, seen once more: its guaranteed count. Only when it reaches
+        :attr:`bar` can the value be admitted (:meth:`choose`)."""
+        return self.candidates.add(value)
+
+    def choose(self, g: float, busy: Callable[[str], bool]) -> str | None:
+        """A candidate with guaranteed count ``g`` at the bar: the tracked value it replaces (the
+        caller retires it and calls :meth:`admit`), or None (the bar is raised)."""
         victim = self.weakest(busy)
         if victim is None:
             self.bar = float("inf")  # every tracked value is busy: wait for the next half-life

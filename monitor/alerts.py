@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+_PART_OF = "; part of the incident on "
 _METRIC_TITLES = {"wer": "WER", "cer": "CER", "error_rate": "Error rate", "fpr": "FPR", "fnr": "FNR",
                   "abs_error": "Mean absolute error", "squared_error": "Mean squared error"}
 
@@ -65,6 +66,14 @@ class Alert:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def regrouped(self, explained_by: dict[str, str] | None, incident: str | None, ts: float) -> Alert:
+        """The same firing alert under another cause (or none: it then pages), as of ``ts``."""
+        summary = self.summary.split(_PART_OF)[0]
+        if explained_by is not None:
+            summary += f"{_PART_OF}{describe_slice(explained_by)}"
+        return replace(self, ts=rfc3339(ts), summary=summary, explained_by=explained_by,
+                       incident=incident or self.fingerprint)
+
     @staticmethod
     def make(kind: str, state: str, model: str, slice_: dict[str, str], metric: str, value: float,
              reference: float, n: int, ts: float, tolerance: float, *, baseline_source: str | None = None,
@@ -84,7 +93,7 @@ class Alert:
         summary = (f"{title} for {where} ({model}) {verb} {value:.3f} vs {reference:.3f} for {against} "
                    f"(n={n:,})")
         if explained_by is not None:
-            summary += f"; part of the incident on {describe_slice(explained_by)}"
+            summary += f"{_PART_OF}{describe_slice(explained_by)}"
         fp = fingerprint(model, slice_, kind, metric)
         return Alert(kind, state, model, dict(slice_), metric, round(value, 6), round(reference, 6), n, rfc3339(ts),
                      fp, tolerance, summary, baseline_source, baseline_from,

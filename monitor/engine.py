@@ -94,6 +94,11 @@ class Engine:
         self.joiner = Joiner(cfg.join.ttl, cfg.join.max_pending)
         self.slices = SliceIndex(cfg.slices)
         self.slices.busy = self._busy
+        self.slices.before_admission = self._flush_before_admission
+        self._early: list[Alert] = []  # alerts of a flush made while routing, handed out next
+        #: own learned baselines of retired slices (key → first seen, baseline per metric): a value
+        #: that fades and comes back keeps what it learned in the reference period
+        self._remembered: dict[tuple[str, int, tuple[str, ...]], tuple[float, list[float]]] = {}
         self.lineage = Lineage(self.slices.combos)
         self.metrics = tuple(cfg.metrics.names)
         if baselines is None and cfg.baseline.source == "file" and cfg.baseline.file:
@@ -174,8 +179,13 @@ class Engine:
             drift, disp = self.decision(key.model, "drift"), self.decision(key.model, "disparity")
             min_n = (override.min_samples if override and override.min_samples else None) or cfg.slices.min_samples
             alertable = cfg.alerting.alert_on_overflow or not self.slices.is_overflow(sid)
+            remembered = self._remembered.pop((key.model, key.combo, key.values), None)
             for m, metric in enumerate(self.metrics):
                 row = self.st[sid * n_metrics + m]
+                if remembered is not None:  # a value that faded and came back: not new, its own baseline
+                    row[F.FIRST] = remembered[0]
+                    if not math.isnan(remembered[1][m]):
+                        row[F.BASE], row[F.BSRC] = remembered[1][m], K.Source.REFERENCE
                 row[F.MIN_N] = min_n
                 row[F.TOL_D] = drift.tolerance
                 row[F.REL_D] = drift.relative_tolerance
@@ -205,6 +215,11 @@ class Engine:
         n_metrics = len(self.metrics)
         for sid, key in self.slices.settle():
             desc = self.slices.describe_key(key)
+            rows = self.st[sid * n_metrics: (sid + 1) * n_metrics]
+            if (rows[:, F.BSRC] == K.Source.REFERENCE).any():
+                self._remembered[(key.model, key.combo, key.values)] = (
+                    float(rows[0, F.FIRST]), [float(b) if src == K.Source.REFERENCE else math.nan
+                                              for b, src in zip(rows[:, F.BASE], rows[:, F.BSRC])])
             for m, metric in enumerate(self.metrics):
                 row = self.st[sid * n_metrics + m]
                 for kind, field in (("drift", F.DSTATE), ("disparity", F.PSTATE)):
@@ -298,14 +313,14 @@ class Engine:
                     if on_invalid is not None:
                         on_invalid(i, "future_timestamp")
                     continue
-            elif ev.ts > future.bound:
+            elif future.held or ev.ts > future.bound:
                 self.last_event_ts = last_ts
-                for moved in self.screen(ev):  # usually none: held, or rejected
+                for moved in self.screen(ev):  # often none: held for now, or rejected
                     alerts += self.feed_event(moved)
                 last_ts, watermark = self.last_event_ts, self.watermark
                 continue
             else:
-                future.accept(ev.ts)
+                future.note(ev.ts)
             events[ev.kind] += 1
             last_ts = ev.ts
             if last_ts > watermark:
@@ -327,13 +342,20 @@ class Engine:
                 return [ev]
             self.invalid["future_timestamp"] += 1
             return []
-        if ev.ts <= future.bound:
-            future.accept(ev.ts)
+        if not future.held and ev.ts <= future.bound:
+            future.note(ev.ts)
             return [ev]
-        released, rejected = future.hold(ev)
+        gone, rejected = future.judge(ev)
         if rejected:
             self.invalid["future_timestamp"] += rejected
-        return released
+        return gone
+
+    def screen_end(self) -> list[Event]:
+        """End of input: events still held by :meth:`screen` go on or are rejected."""
+        gone, rejected = self.future.drain()
+        if rejected:
+            self.invalid["future_timestamp"] += rejected
+        return gone
 
     def feed_event(self, ev: Event) -> list[Alert]:
         """One decoded event that passed :meth:`screen`."""
@@ -363,12 +385,12 @@ class Engine:
         return alerts
 
     def drain(self) -> list[Alert]:
-        """Everything held and buffered through the detectors (end of input); events still in the
-        future quarantine never reached a quorum and are rejected."""
-        rejected = self.future.drain()
-        if rejected:
-            self.invalid["future_timestamp"] += rejected
-        return self.release(math.inf) + self.flush()
+        """Everything held and buffered through the detectors (end of input), events held for
+        their time (:meth:`screen_end`) first."""
+        alerts: list[Alert] = []
+        for ev in self.screen_end():
+            alerts += self.feed_event(ev)
+        return alerts + self.release(math.inf) + self.flush()
 
     @property
     def held(self) -> int:
@@ -381,12 +403,19 @@ class Engine:
             self.invalid["unscorable"] += 1
             return []
         self.outcomes += 1
-        self._buf_rows.append(self.slices.route(o.model, o.tenant, o.attributes))
+        route = self.slices.route(o.model, o.tenant, o.attributes)  # first: it may flush the buffers
+        self._buf_rows.append(route)
         self._buf_eu.append(scores)
         self._buf_ts.append(o.ts)
+        early, self._early = self._early, []  # from a flush routing asked for (admission)
         if len(self._buf_ts) >= self.cfg.replay.batch_size:
-            return self.flush()
-        return []
+            return early + self.flush()
+        return early
+
+    def _flush_before_admission(self) -> None:
+        """Routing is about to decide an admission: the outcomes buffered so far go through the
+        detectors first, so that what is busy (firing) reflects every earlier outcome."""
+        self._early += self.flush()
 
     # ---- the batch ---------------------------------------------------------------------------
     def flush(self) -> list[Alert]:
@@ -405,6 +434,9 @@ class Engine:
         Simulations with millions of outcomes use it directly; events reach it through :meth:`flush`.
         """
         self._init_rows()
+        n_metrics = len(self.metrics)
+        for sid in self.slices.retiring():  # outcomes routed before its value was retired: counted, never alerted
+            self.st[sid * n_metrics: (sid + 1) * n_metrics, F.ALERTABLE] = 0.0
         alerts: list[Alert] = []
         out_i, out_row, out_kind, out_state, out_vals = self._out
         start = 0
@@ -412,8 +444,11 @@ class Engine:
             n_out, start, closed = K.process_batch(self.st, self.det, rows, eu, ts, self.params, self.lambdas, start,
                                                    out_i, out_row, out_kind, out_state, out_vals)
             for j in range(n_out):
-                alerts.append(self._alert(int(out_row[j]), int(out_kind[j]), int(out_state[j]), out_vals[j],
-                                          float(ts[out_i[j]])))
+                alert = self._alert(int(out_row[j]), int(out_kind[j]), int(out_state[j]), out_vals[j],
+                                    float(ts[out_i[j]]))
+                alerts.append(alert)
+                if alert.state == "resolved":
+                    alerts += self._regroup(alert.fingerprint, float(ts[out_i[j]]))
             if closed >= 0:
                 self._close_reference(int(closed))
         if len(ts):
@@ -443,19 +478,27 @@ class Engine:
             "watermark": self.watermark, "rows": n,
             "active": [a.to_dict() for a in self.active.values()],
             "join": self.joiner.state(), "slices": self.slices.state(), "future": self.future.state(),
+            "remembered": [[m, c, list(v), first, bases] for (m, c, v), (first, bases) in self._remembered.items()],
             "held": msgspec.msgpack.encode([o for _, _, o in self._held]),
         }
         return data, {"st": self.st[:n].copy(), "det": self.det[:n].copy()}
 
     def restore(self, data: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         if data["layout"] != self.layout():
-            raise ValueError(f"the checkpoint was taken with metrics/slices {data['layout']}, the config now has "
-                             f"{self.layout()}: they must match to continue (see README, 'Checkpoints')")
+            theirs, ours = data["layout"], self.layout()
+            differ = {k: (theirs.get(k), ours[k]) for k in ours if theirs.get(k) != ours[k]}
+            if set(differ) <= {"fields", "lambdas"}:
+                raise ValueError("the checkpoint was written by a different version of lastmile (its state layout "
+                                 f"differs: {sorted(differ)}); move the checkpoint directory aside to start afresh")
+            raise ValueError("the checkpoint was taken with a different config: "
+                             + "; ".join(f"{k} was {a}, is now {b}" for k, (a, b) in differ.items())
+                             + ": they must match to continue (see README, 'Checkpoints')")
         self.decoder.admit(data["models"])
         self.events, self.invalid = Counter(data["events"]), Counter(data["invalid"])
         self.outcomes, self.watermark = data["outcomes"], data["watermark"]
         self.joiner.restore(data["join"])
         self.future.restore(data["future"])
+        self._remembered = {(m, c, tuple(v)): (first, bases) for m, c, v, first, bases in data["remembered"]}
         self._held = [(o.ts, o.id, o) for o in msgspec.msgpack.decode(data["held"], type=list[Outcome])]
         heapq.heapify(self._held)
         self.slices.restore(data["slices"])
@@ -508,6 +551,25 @@ class Engine:
                     if firing is not None:
                         return firing
         return None
+
+    def _regroup(self, cause: str, ts: float) -> list[Alert]:
+        """The alert with fingerprint ``cause`` resolved: alerts it explained that still fire are
+        re-issued (as firing) under another firing cause, or on their own, so that they page."""
+        out: list[Alert] = []
+        for fp, a in list(self.active.items()):
+            if a.incident != cause or fp == cause:
+                continue
+            sid = self.slices.find_slice(a.model, a.slice)
+            other = self._explanation(sid, self.metrics.index(a.metric), a.kind) if sid >= 0 else None
+            if other is not None and other.incident == cause:  # itself regrouped in this pass
+                explained_by, incident = other.slice, other.fingerprint
+            elif other is not None:
+                explained_by, incident = other.slice, other.incident
+            else:
+                explained_by, incident = None, None
+            self.active[fp] = again = a.regrouped(explained_by, incident, ts)
+            out.append(again)
+        return out
 
     def _alert(self, row: int, kind: int, state: int, vals: np.ndarray, ts: float) -> Alert:
         n_metrics = len(self.metrics)

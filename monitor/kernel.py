@@ -215,8 +215,9 @@ def _transition(st, det, r, i, kind, state, reference, n_out, out_i, out_row, ou
 
 @numba.njit(cache=True, nogil=True)
 def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row, out_kind, out_state, out_vals):
-    """Update state for outcomes ``start..`` of the batch; stop early if the output could overflow
-    or when a model's reference period closes (the engine then sets every baseline of that model).
+    """Update state for outcomes ``start..`` of the batch; stop early after an outcome that caused
+    alert transitions (the engine explains them from the state as of that outcome), or when a
+    model's reference period closes (the engine then sets every baseline of that model).
 
     rows[i, c]  slice id of outcome i in combination c (c = 0: the population)
     eu[i, m]    (errors, units) of outcome i for metric m; (0, 0) = not applicable
@@ -268,7 +269,7 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row,
             for c in range(n_combos):
                 r = rows[i, c] * n_metrics + m
                 # -- estimates
-                if st[r, F.N] == 0.0:
+                if st[r, F.FIRST] != st[r, F.FIRST]:  # NaN: the row's first outcome (or its slice's, remembered)
                     st[r, F.FIRST] = t
                 st[r, F.N] += 1.0
                 st[r, F.E] += e
@@ -354,4 +355,6 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row,
         if closes:
             st[model, F.MREF_CLOSED] = t
             return n_out, i, model
+        if n_out > 0:  # the engine reads the state as of this outcome to explain its transitions
+            return n_out, i, -1
     return n_out, i, -1

@@ -65,6 +65,8 @@ class SliceIndex:
         self._reused: list[int] = []  # ids reused since the engine last took them
         #: is this slice busy (an alert firing)? Its values are then never retired. The engine sets it.
         self.busy: Callable[[int], bool] = lambda sid: False
+        #: called before an admission is decided: the engine runs the outcomes it has buffered
+        self.before_admission: Callable[[], None] = lambda: None
 
     def __len__(self) -> int:
         """Ids in use or retired: the engine's rows; :meth:`live` lists the tracked slices."""
@@ -120,6 +122,10 @@ class SliceIndex:
             heapq.heappush(self._free, sid)
         return done
 
+    def retiring(self) -> list[int]:
+        """Ids retired since the last :meth:`settle` (the engine stops them from alerting)."""
+        return [sid for sid, _ in self._retiring]
+
     def take_reused(self) -> list[int]:
         """Ids given to new slices since the last call: the engine resets their rows."""
         reused, self._reused = self._reused, []
@@ -129,6 +135,8 @@ class SliceIndex:
         return self.describe_key(self.keys[sid])
 
     def describe_key(self, key: SliceKey) -> dict[str, str]:
+        if key.combo < 0:
+            raise KeyError("a retired slice id has no slice")
         dims = self.combos[key.combo]
         return {self.dimensions[d]: v for d, v in zip(dims, key.values)}
 
@@ -138,6 +146,16 @@ class SliceIndex:
     def population(self, model: str) -> int:
         """The population slice of ``model``, tracking the model if it is new (as routing does)."""
         return self.route(model, None, {})[0]
+
+    def find_slice(self, model: str, slice_: dict[str, str]) -> int:
+        """The id of a tracked slice given as ``{dimension: value}``, or -1."""
+        order = {d: i for i, d in enumerate(self.dimensions)}
+        try:
+            dims = tuple(sorted(order[d] for d in slice_))
+            combo = self.combos.index(dims)
+        except (KeyError, ValueError):
+            return -1
+        return self.find(model, combo, tuple(slice_[self.dimensions[d]] for d in dims))
 
     def find(self, model: str, combo: int, values: tuple[str, ...]) -> int:
         """The id of a tracked slice, or -1: a lookup that never creates one, unlike routing."""
@@ -185,11 +203,16 @@ class SliceIndex:
         if len(tracked) < adm.cap:
             tracked[value] = 1.0
             return value
-        victim = adm.offer(value, lambda v: self._value_busy(model, dim, v))
-        if victim is not None:
-            self._retire(model, dim, victim)
-            adm.admit(value, victim)
-            return value
+        g = adm.count(value)
+        if g >= adm.bar:
+            # decide on the state every earlier outcome left (the engine runs what it has
+            # buffered), so the decision does not depend on where batches happen to end
+            self.before_admission()
+            victim = adm.choose(g, lambda v: self._value_busy(model, dim, v))
+            if victim is not None:
+                self._retire(model, dim, victim)
+                adm.admit(value, victim)
+                return value
         self.value_overflow[self.dimensions[dim]] += 1
         return OTHER
 
@@ -209,10 +232,14 @@ class SliceIndex:
     def _retire(self, model: str, dim: int, value: str) -> None:
         """``value`` gives up its place: its slices stop being tracked; their ids are recycled."""
         for sid in self._holding(model, dim, value):
-            self._retiring.append((sid, self.keys[sid]))
-            del self._ids[self.keys[sid]]
+            key = self.keys[sid]
+            self._retiring.append((sid, key))
+            del self._ids[key]
             self.keys[sid] = _RETIRED
             self._regular -= 1
+            for d, v in zip(self.combos[key.combo], key.values):
+                if d != dim:
+                    self._by_value[(model, d, v)].remove(sid)
         self._by_value.pop((model, dim, value), None)
         self.retired[self.dimensions[dim]] += 1
         self._routes.clear()  # cached routes may hold the retired ids and count cells

@@ -147,3 +147,24 @@ def test_min_outcomes_longer_than_the_reference_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="baseline.min_outcomes"):
         make_config(baseline={"reference": {"outcomes": 500}, "min_outcomes": 1000})
+
+
+def test_an_explained_alert_pages_on_its_own_once_its_cause_resolves() -> None:
+    """The cause resolves while the alert it explained still fires: that alert is re-issued as
+    firing on its own (explained by nothing, its own incident), so it pages."""
+    cfg = make_config(slices={"dimensions": ["a"], "combinations": [["a"]], "min_samples": 50},
+                      baseline={"reference": {"outcomes": 200}, "min_outcomes": 50}, disparity={"enabled": False})
+    engine = Engine(cfg)
+    rng = np.random.default_rng(1)
+    alerts = []
+    spec = [("p", 0.1)] * 500 + [("p", 0.9)] * 300 + [("q", 0.02)] * 3000  # q brings the population back
+    for i, (a, p) in enumerate(spec):
+        alerts += engine.feed(_outcome(i, {"a": a}, rng.random() < p))
+    alerts += engine.flush()
+    p_alerts = [a for a in alerts if a.slice == {"a": "p"}]
+    assert p_alerts[0].explained_by == {} and p_alerts[0].incident != p_alerts[0].fingerprint
+    root = next(a for a in alerts if a.slice == {} and a.state == "resolved")
+    again = p_alerts[1]
+    assert again.state == "firing" and again.explained_by is None and again.incident == again.fingerprint
+    assert again.ts == root.ts and "part of the incident" not in again.summary
+    assert engine.active[again.fingerprint] == again

@@ -113,9 +113,14 @@ def test_change_in_one_group_alerts_only_slices_containing_it_and_resolves() -> 
         assert a.slice.get("a") == "a3", a.summary  # every alerted slice contains the changed group
     assert {(a.kind, tuple(a.slice.items())) for a in firing} >= {("drift", (("a", "a3"),)),
                                                                    ("disparity", (("a", "a3"),))}
-    # every alert fired once and resolved after the change went away (no flapping)
-    by_fp = Counter(a.fingerprint for a in alerts)
-    assert all(count <= 2 for count in by_fp.values())
+    # every alert fired once and resolved after the change went away (no flapping); a firing alert
+    # may be re-issued, still firing, when the cause it was grouped under resolves first
+    states: dict[str, list[str]] = {}
+    for a in alerts:
+        seq = states.setdefault(a.fingerprint, [])
+        if not seq or seq[-1] != a.state:
+            seq.append(a.state)
+    assert all(seq in (["firing"], ["firing", "resolved"]) for seq in states.values()), states
     main = [a for a in alerts if a.slice == {"a": "a3"}]
     assert [a.state for a in main if a.kind == "drift"] == ["firing", "resolved"]
     assert not engine.active or all(a.slice.get("a") == "a3" for a in engine.active.values())
