@@ -209,8 +209,10 @@ class Engine:
         return bool((rows[:, F.DSTATE] > 0).any() or (rows[:, F.PSTATE] > 0).any())
 
     def _settle(self, ts: float) -> list[Alert]:
-        """After a batch: retired slices' ids become reusable. One that began firing after its value
-        was retired (within the batch) is resolved: it is no longer tracked."""
+        """After a batch: retired slices' ids become reusable, and their own learned baselines are
+        remembered. One still firing is resolved, as it is no longer tracked: that can only happen
+        when routes were computed ahead of the detectors (simulations calling
+        :meth:`process_scored`); through :meth:`feed_many` a firing value is never retired."""
         alerts: list[Alert] = []
         n_metrics = len(self.metrics)
         for sid, key in self.slices.settle():

@@ -230,7 +230,7 @@ def null_case(n: int = 1_000_000, seed: int = 2) -> NullResult:
     disparity = [a for a in firing if a.kind == "disparity"]
     outside = [a for a in disparity if a.slice.get("accent") not in WORSE]
     worse = {a.slice["accent"] for a in disparity if list(a.slice) == ["accent"]}
-    late = sum(1 for sid in range(len(engine.slices)) if {"new-clinic", "handset-c"} & set(engine.slices.describe(sid).values())
+    late = sum(1 for sid in engine.slices.live() if {"new-clinic", "handset-c"} & set(engine.slices.describe(sid).values())
                and engine.provenance(sid, 0).source == "inherited")
     return NullResult(drift, disparity, outside, worse, late)
 
