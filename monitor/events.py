@@ -124,7 +124,7 @@ def parse_ts(value: Any) -> float:
     return ts
 
 
-def _scalar_text(value: Any) -> str | None:
+def scalar_text(value: Any) -> str | None:
     """Attribute values: strings, numbers and booleans become text; null means absent."""
     if value is None:
         return None
@@ -231,7 +231,7 @@ class Decoder:
 
         tenant = w.tenant
         if tenant is not None:
-            tenant = intern(tenant) if type(tenant) is str else _scalar_text(tenant)
+            tenant = intern(tenant) if type(tenant) is str else scalar_text(tenant)
 
         # interned: thousands of pending predictions share a handful of attribute values
         attrs: dict[str, str] = {}
@@ -240,7 +240,7 @@ class Decoder:
                 if type(value) is str:
                     attrs[key] = intern(value) if len(value) <= 64 else value
                 elif value is not None:
-                    attrs[key] = _scalar_text(value)  # type: ignore[assignment]
+                    attrs[key] = scalar_text(value)  # type: ignore[assignment]
 
         output = label = errors = units = None
         if kind != "prediction" and (w.errors is not None or w.units is not None):
