@@ -61,11 +61,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     table = slice_table(engine)
     if args.summary_out:
         Path(args.summary_out).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    verdicts = engine.bounty.take_records()
+    if args.verdicts_out:
+        with open(args.verdicts_out, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(v) + "\n" for v in verdicts)
     p = table["pipeline"]
     invalid = sum(p["invalid"].values())
+    counts = ", ".join(f"{n} {status}" for status, n in engine.bounty.counts().items() if n)
     print(f"replayed {sum(p['events'].values()):,} events ({invalid:,} invalid), {p['outcomes']:,} outcomes, "
-          f"{len(table['slices']):,} slice rows, {len(alerts)} alert transitions, {len(table['alerts'])} firing",
-          file=sys.stderr)
+          f"{len(table['slices']):,} slice rows, {len(alerts)} alert transitions, {len(table['alerts'])} firing"
+          + (f"; submissions: {counts}" if counts else ""), file=sys.stderr)
     return 0
 
 
@@ -113,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="CFG")
     p.add_argument("--alerts-out", metavar="PATH", help="write every alert transition as JSONL")
     p.add_argument("--summary-out", metavar="PATH", help="write the final slice table as JSON")
+    p.add_argument("--verdicts-out", metavar="PATH",
+                   help="write every bias-bounty verdict record (submitted, then its verdict) as JSONL")
     p.add_argument("--quiet", action="store_true", help="do not print alerts as they happen")
     p.set_defaults(func=_cmd_replay)
 

@@ -211,6 +211,15 @@ class TopicsConfig(_Strict):
     outcomes: str | None = None
 
 
+class SubmissionsConfig(_Strict):
+    """Bias bounties: outside evaluators submit a group and a claim (see README, "Bias bounties")."""
+
+    #: false discovery rate across all submissions ever (e-LOND); separate from the alert budget
+    alpha: float = Field(0.05, gt=0, lt=1)
+    #: a group with fewer outcomes than this by its deadline is ``untestable``
+    min_outcomes: int = Field(100, ge=1)
+
+
 class InvalidLimitConfig(_Strict):
     #: stop (with a clear error) when more than this fraction of the last ``window`` events is invalid
     ratio: float = Field(0.9, gt=0, le=1)
@@ -261,6 +270,7 @@ class Config(_Strict):
     shutdown_grace: Duration = 30.0
     #: where the daemon delivers alerts itself (besides /metrics for Prometheus rules)
     sinks: list[SinkConfig] = Field(default_factory=list)
+    submissions: SubmissionsConfig = SubmissionsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     alert_links: AlertingLinks = AlertingLinks()
 

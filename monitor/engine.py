@@ -20,6 +20,7 @@ import numpy as np
 
 from monitor import kernel as K
 from monitor.alerts import Alert, fingerprint
+from monitor.bounty import BountyBook
 from monitor.baselines import Baselines, Lineage
 from monitor.config import Config, DecisionConfig, ReferenceOutcomes, ReferenceTime
 from monitor.edetector import LAMBDAS
@@ -29,6 +30,7 @@ from monitor.join import Joiner, Outcome
 from monitor.scoring import Scorer, ScoreError
 from monitor.kernel import F
 from monitor.slices import SliceIndex
+from monitor.submissions import Submission, parse_submission
 
 _OUT_CAPACITY = 4096
 _KINDS = ("drift", "disparity")
@@ -89,7 +91,7 @@ class Engine:
         self._held: list[tuple[float, str, Outcome]] = []  # heap of outcomes awaiting release
         self.last_event_ts: float | None = None  # of the last valid event of the last feed_many
         self.scorer = Scorer(cfg.metrics)
-        self.decoder = Decoder(cfg.events, unscorable=self.scorer.unscorable)
+        self.decoder = Decoder(cfg.events, unscorable=self.scorer.unscorable, submission=self._parse_submission)
         self.future = FutureGuard(cfg.events.max_future, wall_clock)
         self.joiner = Joiner(cfg.join.ttl, cfg.join.max_pending)
         self.slices = SliceIndex(cfg.slices)
@@ -101,6 +103,10 @@ class Engine:
         self._remembered: dict[tuple[str, int, tuple[str, ...]], tuple[float, list[float]]] = {}
         self.lineage = Lineage(self.slices.combos)
         self.metrics = tuple(cfg.metrics.names)
+        self.bounty = BountyBook(self.slices.dimensions, self.metrics, cfg.submissions.alpha,
+                                 cfg.submissions.min_outcomes, cfg.error_cap(), cfg.metrics.max_units_per_outcome,
+                                 baseline=self._model_baseline)
+        self._buf_subj: list[tuple[str, float, str | None, dict[str, str]]] = []  # for submissions' groups
         if baselines is None and cfg.baseline.source == "file" and cfg.baseline.file:
             baselines = Baselines.load(cfg.resolve_path(cfg.baseline.file), cfg.primary_metric)
         self.baselines = baselines
@@ -309,6 +315,9 @@ class Engine:
                 if on_invalid is not None:
                     on_invalid(i, exc.reason)
                 continue
+            if type(ev) is Submission:
+                self._submit(ev)
+                continue
             if wall_bound is not None:
                 if ev.ts > wall_bound:
                     invalid["future_timestamp"] += 1
@@ -333,12 +342,14 @@ class Engine:
         self.last_event_ts = last_ts
         return alerts
 
-    def screen(self, ev: Event) -> list[Event]:
+    def screen(self, ev: Event | Submission) -> list[Event | Submission]:
         """The events that may go on now, by :mod:`monitor.future`'s bound on event time: usually
         ``[ev]``; none when ``ev`` is too far ahead (rejected as ``future_timestamp``, or held);
         a held run, in arrival order, when the stream has really moved there. Judged in arrival
         order (:meth:`feed_many` does it; replay before it sorts by event time)."""
         future = self.future
+        if not isinstance(ev, Event):  # a submission: not screened, it moves no watermark
+            return [ev]
         if future.wall_clock is not None:
             if ev.ts <= future.wall_bound():
                 return [ev]
@@ -350,17 +361,21 @@ class Engine:
         gone, rejected = future.judge(ev)
         if rejected:
             self.invalid["future_timestamp"] += rejected
-        return gone
+        return list(gone)
 
-    def screen_end(self) -> list[Event]:
+    def screen_end(self) -> list[Event | Submission]:
         """End of input: events still held by :meth:`screen` go on or are rejected."""
         gone, rejected = self.future.drain()
         if rejected:
             self.invalid["future_timestamp"] += rejected
-        return gone
+        return list(gone)
 
-    def feed_event(self, ev: Event) -> list[Alert]:
+    def feed_event(self, ev: Event | Submission) -> list[Alert]:
         """One decoded event that passed :meth:`screen`."""
+        if type(ev) is Submission:
+            self._submit(ev)
+            return []
+        assert isinstance(ev, Event)
         self.events[ev.kind] += 1
         self.last_event_ts = ev.ts
         if ev.ts > self.watermark:
@@ -392,7 +407,9 @@ class Engine:
         alerts: list[Alert] = []
         for ev in self.screen_end():
             alerts += self.feed_event(ev)
-        return alerts + self.release(math.inf) + self.flush()
+        alerts += self.release(math.inf) + self.flush()
+        self.bounty.expire(self.watermark)
+        return alerts
 
     @property
     def held(self) -> int:
@@ -407,12 +424,35 @@ class Engine:
         self.outcomes += 1
         route = self.slices.route(o.model, o.tenant, o.attributes)  # first: it may flush the buffers
         self._buf_rows.append(route)
+        self._buf_subj.append((o.model, o.pred_ts if o.pred_ts is not None else o.ts, o.tenant, o.attributes))
         self._buf_eu.append(scores)
         self._buf_ts.append(o.ts)
         early, self._early = self._early, []  # from a flush routing asked for (admission)
         if len(self._buf_ts) >= self.cfg.replay.batch_size:
             return early + self.flush()
         return early
+
+    # ---- bias-bounty submissions ------------------------------------------------------------
+    def _parse_submission(self, obj: Any) -> Submission:
+        models = self.cfg.events.models
+        return parse_submission(obj, dimensions=self.slices.dimensions, metrics=self.metrics,
+                                models=frozenset(models) if models is not None else None)
+
+    def _submit(self, sub: Submission) -> None:
+        """A submission joins the tests in event-time order with the outcomes: those predicted
+        before it (already held or buffered) do not count for it."""
+        self.events["submission"] += 1
+        self.bounty.submit(sub)
+
+    def _model_baseline(self, model: str, metric: str) -> tuple[float, float] | None:
+        """A drift claim's baseline: the model's (its population slice's) once known, and the
+        event time from which it holds (its reference period's end)."""
+        pop = self.slices.find(model, 0, ())
+        if pop < 0 or pop * len(self.metrics) >= self._rows_ready:
+            return None
+        b = self.st[pop * len(self.metrics) + self.metrics.index(metric), F.BASE]
+        closed = self.st[pop * len(self.metrics), F.MREF_CLOSED]
+        return None if math.isnan(b) else (float(b), -math.inf if math.isnan(closed) else float(closed))
 
     def _flush_before_admission(self) -> None:
         """Routing is about to decide an admission: the outcomes buffered so far go through the
@@ -427,8 +467,14 @@ class Engine:
         rows = np.array(self._buf_rows, dtype=np.int64)
         eu = np.array(self._buf_eu, dtype=np.float64).reshape(len(self._buf_ts), len(self.metrics), 2)
         ts = np.array(self._buf_ts, dtype=np.float64)
-        self._buf_rows, self._buf_eu, self._buf_ts = [], [], []
-        return self.process_scored(rows, eu, ts)
+        subjects = self._buf_subj
+        self._buf_rows, self._buf_eu, self._buf_ts, self._buf_subj = [], [], [], []
+        alerts = self.process_scored(rows, eu, ts)
+        if self.bounty.pending:
+            dims = self.slices.dimensions
+            self.bounty.observe([s[0] for s in subjects], np.array([s[1] for s in subjects], dtype=np.float64), ts,
+                                [dict(zip(dims, self.slices.values(s[2], s[3]))) for s in subjects], eu)
+        return alerts
 
     def process_scored(self, rows: np.ndarray, eu: np.ndarray, ts: np.ndarray) -> list[Alert]:
         """The batch path on arrays: ``rows[i]`` from :meth:`SliceIndex.route`, ``eu[i, metric] = (errors, units)``.
@@ -480,6 +526,7 @@ class Engine:
             "watermark": self.watermark, "rows": n,
             "active": [a.to_dict() for a in self.active.values()],
             "join": self.joiner.state(), "slices": self.slices.state(), "future": self.future.state(),
+            "bounty": self.bounty.state(),
             "remembered": [[m, c, list(v), first, bases] for (m, c, v), (first, bases) in self._remembered.items()],
             "held": msgspec.msgpack.encode([o for _, _, o in self._held]),
         }
@@ -500,6 +547,7 @@ class Engine:
         self.outcomes, self.watermark = data["outcomes"], data["watermark"]
         self.joiner.restore(data["join"])
         self.future.restore(data["future"])
+        self.bounty.restore(data["bounty"])
         self._remembered = {(m, c, tuple(v)): (first, bases) for m, c, v, first, bases in data["remembered"]}
         self._held = [(o.ts, o.id, o) for o in msgspec.msgpack.decode(data["held"], type=list[Outcome])]
         heapq.heapify(self._held)

@@ -41,6 +41,7 @@ REASONS = (
     "bad_errors_units",
     "unscorable",  # an output or label the configured metrics cannot score (text for WER, ...)
     "future_timestamp",  # further ahead than events.max_future (checked by the engine)
+    "bad_submission",  # a bias-bounty submission that cannot be tested (the detail names the JSON path)
 )
 
 UNKNOWN = "unknown"
@@ -168,10 +169,14 @@ def _schema(fields: Any) -> Any:
 class Decoder:
     """Turns raw bytes into :class:`Event` according to the config's field mapping."""
 
-    def __init__(self, cfg: EventsConfig, unscorable: Callable[[Any], str | None] | None = None):
-        """``unscorable(value)``: why an output or label can never be scored (the scorer knows)."""
+    def __init__(self, cfg: EventsConfig, unscorable: Callable[[Any], str | None] | None = None,
+                 submission: Callable[[Any], Any] | None = None):
+        """``unscorable(value)``: why an output or label can never be scored (the scorer knows);
+        ``submission(obj)``: a bias-bounty submission from its JSON object (raises ValueError),
+        returned by :meth:`decode` in place of an :class:`Event`."""
         self.cfg = cfg
         self._unscorable = unscorable
+        self._submission = submission
         self._wire = _schema(cfg.fields)
         self._decode = msgspec.json.Decoder(self._wire).decode
         self._names = {name: getattr(cfg.fields, name) for name in _FIELD_REASON}
@@ -188,6 +193,11 @@ class Decoder:
             raise self._type_error(str(exc)) from None
         except msgspec.DecodeError as exc:
             raise InvalidEvent("bad_json", str(exc)) from None
+        if w.type == "submission" and self._submission is not None:
+            try:
+                return self._submission(msgspec.json.decode(raw))
+            except ValueError as exc:
+                raise InvalidEvent("bad_submission", str(exc)[:300]) from None
         return self._check(w)
 
     def _type_error(self, message: str) -> InvalidEvent:

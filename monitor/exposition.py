@@ -155,6 +155,12 @@ def _pipeline_families(p: dict[str, Any]) -> Iterator[Any]:
         yield GaugeMetricFamily("lastmile_watermark_timestamp_seconds",
                                 "Largest event time processed (time() minus this is the processing delay).",
                                 value=p["watermark_seconds"])
+    if p.get("submissions"):
+        subs = GaugeMetricFamily("lastmile_submissions", "Bias-bounty hypotheses by verdict (pending, confirmed, "
+                                 "not_confirmed, refuted, untestable).", labels=["state"])
+        for state, count in p["submissions"].items():
+            subs.add_metric([state], count)
+        yield subs
     s = p["slices"]
     yield GaugeMetricFamily("lastmile_slices_tracked", "Slices currently tracked.", value=s["tracked"])
     over = CounterMetricFamily("lastmile_dimension_overflow", "Outcomes whose value was mapped to __other__.",

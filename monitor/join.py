@@ -48,6 +48,8 @@ class Outcome(NamedTuple):
     label: object
     errors: float | None
     units: float | None
+    #: event time of the prediction (submissions count only outcomes predicted after them)
+    pred_ts: float | None = None
 
 
 @dataclass
@@ -84,6 +86,7 @@ def merge(prediction: Event, feedback: Event) -> Outcome:
         feedback.label,
         feedback.errors,
         feedback.units,
+        prediction.ts,
     )
 
 
@@ -118,7 +121,8 @@ class Joiner:
                 return None
             self._remember(eid, ev.ts)
             self.stats.outcomes_direct += 1
-            return Outcome(eid, ev.model or "", ev.ts, ev.tenant, ev.attributes, ev.output, ev.label, ev.errors, ev.units)
+            return Outcome(eid, ev.model or "", ev.ts, ev.tenant, ev.attributes, ev.output, ev.label, ev.errors, ev.units,
+                           ev.ts)
         other = self._pending.get(eid)
         if other is None:
             if len(self._pending) >= self.max_pending:

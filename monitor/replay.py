@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from monitor.alerts import Alert
 from monitor.engine import Engine
 from monitor.events import Event, InvalidEvent
+from monitor.submissions import Submission
 
 
 def _lines(paths: list[Path], progress: bool) -> Iterator[bytes]:
@@ -66,7 +67,7 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
 
     if engine.cfg.replay.order_by_event_time:
         engine.ordered = True  # outcomes reach the detectors in (ts, id) order, like the daemon's
-        decoded: list[Event] = []
+        decoded: list[Event | Submission] = []
         decode, screen = engine.decoder.decode, engine.screen
         for line in _lines(files, progress):
             try:
@@ -77,16 +78,16 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
             decoded += screen(ev)  # times far ahead are judged in file order, before sorting
         decoded += engine.screen_end()
         decoded.sort(key=lambda ev: ev.ts)  # stable: ties keep file order
-        ordered: Iterable[Event] = decoded
+        ordered: Iterable[Event | Submission] = decoded
         if progress:
             from tqdm import tqdm
 
             ordered = tqdm(decoded, desc="process", unit="ev", unit_scale=True, file=sys.stderr, leave=False,
                            mininterval=0.25)
-        for n, ev in enumerate(ordered, 1):
-            emit(engine.feed_event(ev))
+        for n, item in enumerate(ordered, 1):
+            emit(engine.feed_event(item))
             if n % 4096 == 0:
-                emit(engine.release(ev.ts))  # every later event, and so outcome, is at least this late
+                emit(engine.release(item.ts))  # every later event, and so outcome, is at least this late
     else:
         for line in _lines(files, progress):
             emit(engine.feed(line))

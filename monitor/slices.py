@@ -178,10 +178,7 @@ class SliceIndex:
             for counts, value in cached[1]:
                 counts[value] += 1.0
             return cached[0]
-        values = []
-        for dim in self.dimensions:
-            v = tenant if dim == "tenant" and tenant is not None else attributes.get(dim)
-            values.append(UNKNOWN if v is None or v == "" else v)
+        values = self.values(tenant, attributes)
         overflow_before = self.slice_overflow
         capped = tuple(self._cap_value(model, i, v) for i, v in enumerate(values))
         ids = [self._slice_id(model, ci, tuple(capped[d] for d in combo)) for ci, combo in enumerate(self.combos)]
@@ -191,6 +188,14 @@ class SliceIndex:
             cells = [(self._admission[(model, d)].tracked, v) for d, v in enumerate(capped)]
             self._routes[raw_key] = (ids, cells)
         return ids
+
+    def values(self, tenant: str | None, attributes: dict[str, str]) -> list[str]:
+        """An outcome's value of each dimension, as slices see it (missing: ``unknown``)."""
+        values = []
+        for dim in self.dimensions:
+            v = tenant if dim == "tenant" and tenant is not None else attributes.get(dim)
+            values.append(UNKNOWN if v is None or v == "" else v)
+        return values
 
     def _cap_value(self, model: str, dim: int, value: str) -> str:
         adm = self._admission.get((model, dim))

@@ -58,6 +58,13 @@ class Submission:
     deadline: float  # event time after which no more outcomes count
     hypothesis: str  # hash of model, canonical group and claim: duplicates join one test
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Submission:
+        """Back from :meth:`to_dict` (a checkpoint: already validated)."""
+        c, b = d["claim"], d["budget"]
+        return cls(d["id"], d["ts"], d["model"], d["submitter"], d["group"], c["kind"], c["metric"], c["min_gap"],
+                   b["max_outcomes"], b["deadline"], d["hypothesis"])
+
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "ts": self.ts, "model": self.model, "submitter": self.submitter, "group": self.group,
                 "claim": {"kind": self.kind, "metric": self.metric, "min_gap": self.min_gap},

@@ -70,6 +70,7 @@ def slice_table(engine: Engine) -> dict[str, Any]:
     return {
         "slices": slice_rows(engine),
         "alerts": [a.to_dict() for a in engine.active.values()],
+        "submissions": [h.record() for h in engine.bounty.hypotheses.values()],
         "pipeline": {
             "events": dict(sorted(engine.events.items())),
             "invalid": dict(sorted(engine.invalid.items())),
@@ -92,6 +93,7 @@ def slice_table(engine: Engine) -> dict[str, Any]:
                 "values_retired": dict(engine.slices.retired),
                 "slice_overflow": engine.slices.slice_overflow,
             },
+            "submissions": engine.bounty.counts(),
             "watermark": rfc3339(engine.watermark) if math.isfinite(engine.watermark) else None,
             "watermark_seconds": engine.watermark if math.isfinite(engine.watermark) else None,
         },

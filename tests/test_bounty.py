@@ -1,0 +1,85 @@
+"""Bias-bounty submissions through replay: prospective tests, duplicates, verdicts, bad submissions."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+
+from monitor.cli import main
+from monitor.simulate import SpeechScenario
+from tests.conftest import ROOT
+
+T0 = 1795514400.0
+
+
+def _sub(sid: str, ts: float, group, kind: str = "disparity", gap: float = 0.03, **budget) -> bytes:
+    return msgspec.json.encode({"type": "submission", "id": sid, "ts": ts, "model": "asr-en", "submitter": "org-x",
+                                "group": group, "claim": {"kind": kind, "metric": "wer", "min_gap": gap},
+                                "budget": {"max_outcomes": 5000, "deadline": "1d", **budget}})
+
+
+def test_submissions_in_a_replay_file_get_sound_verdicts(tmp_path) -> None:
+    lines = list(SpeechScenario(outcomes=60_000, seed=3, malformed=0.0).events())  # ward-b at st-marys from half-way
+    end = msgspec.json.decode(lines[-1])["ts"]
+    subs = [
+        _sub("a", T0, "noise = ward-b"),  # true gap about +0.07 over the rest
+        _sub("b", T0 + 5, {"dim": "noise", "in": ["ward-b"]}),  # the same hypothesis, spelled otherwise
+        _sub("c", T0, "accent = general-american", gap=0.02),  # an easy accent: below the rest
+        _sub("d", T0, "colour = red"),  # not a declared dimension
+        _sub("e", T0, "tenant = nobody", deadline="10m"),  # a group that never occurs
+        _sub("f", T0 + 3000, "noise = ward-b", kind="drift", gap=0.01),  # submitted when the data is nearly over
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(subs + lines) + b"\n")
+    out = tmp_path / "verdicts.jsonl"
+    assert main(["replay", str(path), "--config", str(ROOT / "config" / "asr.yaml"), "--quiet",
+                 "--verdicts-out", str(out), "--summary-out", str(tmp_path / "table.json")]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    final = {}
+    for r in records:
+        for sid in r["submissions"]:
+            final[sid] = r
+    assert set(final) == {"a", "b", "c", "e", "f"}
+    a = final["a"]
+    assert a["status"] == "confirmed" and a["submissions"] == ["a", "b"] and a["e_value"] >= a["threshold"]
+    assert final["b"]["hypothesis"] == a["hypothesis"]
+    assert final["c"]["status"] == "refuted" and final["c"]["interval"][1] < 0.02
+    assert final["e"]["status"] == "untestable" and final["e"]["n"] == 0
+    # prospective: only outcomes predicted after the submission count
+    assert final["f"]["status"] == "pending" and final["f"]["n"] < 200 < a["n"]
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert table["pipeline"]["invalid"] == {"bad_submission": 1}
+    assert table["pipeline"]["submissions"] == {"pending": 1, "confirmed": 1, "not_confirmed": 0, "refuted": 1,
+                                                "untestable": 1}
+    assert end > T0 + 3000
+
+
+def test_a_checkpoint_restores_the_tests_and_gives_the_same_verdicts(tmp_path) -> None:
+    from monitor.checkpoint import CheckpointStore
+    from monitor.config import load_config
+    from monitor.engine import Engine
+
+    lines = [_sub("a", T0, "noise = ward-b"), _sub("c", T0, "accent = general-american", gap=0.02),
+             _sub("g", T0, "noise = ward-b and accent = scottish", kind="drift", gap=0.02)]
+    lines += list(SpeechScenario(outcomes=60_000, seed=4, malformed=0.0).events())
+    cfg = load_config(ROOT / "config" / "asr.yaml")
+    whole = Engine(cfg)
+    whole.feed_many(lines)
+    whole.drain()
+    expected = whole.bounty.take_records()
+    assert {r["status"] for r in expected} >= {"confirmed", "refuted"}
+    store = CheckpointStore(tmp_path)
+    current, start, got = Engine(cfg), 0, []
+    for cut in (9_001, 51_234, 90_007, len(lines)):
+        current.feed_many(lines[start:cut])
+        current.flush()
+        got += current.bounty.take_records()  # handed out before the checkpoint, as the daemon's sinks are
+        store.save({"e": {0: cut}}, *current.state())
+        ckpt = store.latest()
+        current = Engine(cfg)
+        current.restore(ckpt.data, ckpt.arrays)
+        start = cut
+    current.drain()
+    got += current.bounty.take_records()
+    assert got == expected
