@@ -1,7 +1,11 @@
-"""The daemon's HTTP surface: ``/metrics``, ``/healthz``, ``/readyz``, ``/v1/slices``, ``/v1/alerts``.
+"""The daemon's HTTP surface: ``/metrics``, ``/healthz``, ``/readyz``, ``/v1/slices``, ``/v1/alerts``,
+``/v1/submissions``.
 
-Read-only and GET-only: every response is rendered from the last snapshot the processing loop
-published, so a request never touches live state or waits for the loop.
+Every GET is rendered from the last snapshot the processing loop published, so a request never
+touches live state or waits for the loop. The one write, ``POST /v1/submissions`` (bias
+bounties, when an :class:`Intake` is configured), authenticates the submitter, bounds the body,
+rate-limits, validates the submission (400 with the JSON path of the problem) and appends it as
+an event for the loop to process like any other; nothing else changes state.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from monitor.auth import RateLimiter, TokenStore
 from monitor.exposition import SliceCollector
+from monitor.submissions import SubmissionError, parse_submission
 
 
 @dataclass
@@ -43,11 +49,28 @@ class Health:
         return not missing, missing
 
 
+@dataclass
+class Intake:
+    """What ``POST /v1/submissions`` needs: who may submit, the limits, and where an accepted
+    submission goes (``append(event_bytes)``: the daemon's submissions topic)."""
+
+    tokens: TokenStore
+    limiter: RateLimiter
+    append: Any  # Callable[[bytes], None]
+    dimensions: tuple[str, ...]
+    metrics: tuple[str, ...]
+    models: frozenset[str] | None = None
+    max_body: int = 16384
+    max_active: int = 20
+    clock: Any = time.time  # the submission's time is the server's: a body cannot backdate its test
+
+
 class Server:
     def __init__(self, collector: SliceCollector, health: Health, host: str, port: int,
-                 registry: CollectorRegistry | None = None):
+                 registry: CollectorRegistry | None = None, intake: Intake | None = None):
         self.collector = collector
         self.health = health
+        self.intake = intake
         self.registry = registry or CollectorRegistry()
         if registry is None:
             self.registry.register(collector)
@@ -95,19 +118,97 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/readyz":
             ok, missing = app.health.ready()
             self._json(200 if ok else 503, {"status": "ready" if ok else "not ready", "missing": missing})
-        elif path in ("/v1/slices", "/v1/alerts"):
+        elif path in ("/v1/slices", "/v1/alerts", "/v1/submissions") or path.startswith("/v1/submissions/"):
             snap = app.collector.snapshot()
             if snap is None:
                 self._json(503, {"error": "no snapshot yet: state is still being restored"})
             elif path == "/v1/slices":
                 self._json(200, snap)
-            else:
+            elif path == "/v1/alerts":
                 self._json(200, {"alerts": snap["alerts"]})
+            elif path == "/v1/submissions":
+                self._json(200, {"submissions": snap.get("submissions", [])})
+            else:
+                sid = path[len("/v1/submissions/"):]
+                found = [r for r in snap.get("submissions", []) if sid in r["submissions"]]
+                self._json(200, found[0]) if found else self._json(404, {"error": "no such submission (yet: "
+                                                                          "accepted ones appear once processed)"})
         else:
             self._json(404, {"error": f"no such endpoint {path}",
-                             "endpoints": ["/metrics", "/healthz", "/readyz", "/v1/slices", "/v1/alerts"]})
+                             "endpoints": ["/metrics", "/healthz", "/readyz", "/v1/slices", "/v1/alerts",
+                                           "/v1/submissions"]})
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path.split("?", 1)[0] != "/v1/submissions" or self.app.intake is None:
+            self._method_not_allowed()
+            return
+        intake = self.app.intake
+        submitter = intake.tokens.authenticate(self.headers.get("Authorization"))
+        if submitter is None:
+            self.send_response(401)
+            body = json.dumps({"error": "a bearer token is needed: Authorization: Bearer <token>"}).encode()
+            self.send_header("WWW-Authenticate", 'Bearer realm="lastmile"')
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True
+            return
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self.close_connection = True
+            self._json(411, {"error": "Content-Length is required"})
+            return
+        if int(length) > intake.max_body:
+            self.close_connection = True  # the body is not read
+            self._json(413, {"error": f"the body is longer than {intake.max_body} bytes"})
+            return
+        allowed, wait = intake.limiter.allow(submitter.name)
+        if not allowed:
+            self.close_connection = True
+            self.send_response(429)
+            slow = json.dumps({"error": "too many submissions: slow down", "retry_after_seconds": round(wait, 1)})
+            self.send_header("Retry-After", str(max(1, int(wait + 0.999))))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(slow)))
+            self.end_headers()
+            self.wfile.write(slow.encode())
+            return
+        raw = self.rfile.read(int(length))
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            self._json(400, {"error": "the body is not JSON", "path": "$"})
+            return
+        if isinstance(obj, dict):
+            obj = {**obj, "ts": intake.clock(), "submitter": obj.get("submitter", submitter.name)}
+        try:
+            sub = parse_submission(obj, dimensions=intake.dimensions, metrics=intake.metrics, models=intake.models,
+                                   submitter=submitter.name)
+        except SubmissionError as exc:
+            self._json(400, {"error": exc.message, "path": exc.path})
+            return
+        except RecursionError:
+            self._json(400, {"error": "nested too deeply", "path": "$"})
+            return
+        if not submitter.allowed(sub.model):
+            self._json(403, {"error": f"this token may not submit for model {sub.model!r}", "path": "$.model"})
+            return
+        snap = self.app.collector.snapshot() or {}
+        active = sum(1 for r in snap.get("submissions", []) if r["status"] == "pending" and submitter.name in
+                     r["submitters"])
+        if active >= intake.max_active:
+            self._json(429, {"error": f"{active} of your submissions are still pending (at most {intake.max_active})"})
+            return
+        event = {"type": "submission", **sub.to_dict()}
+        event["budget"] = {"max_outcomes": sub.max_outcomes, "deadline": sub.deadline - sub.ts}
+        del event["hypothesis"]
+        intake.append(json.dumps(event).encode())
+        self._json(202, {"id": sub.id, "hypothesis": sub.hypothesis, "status": "accepted",
+                         "location": f"/v1/submissions/{sub.id}"})
 
     def _method_not_allowed(self) -> None:
-        self._json(405, {"error": "read-only API: GET only"})
+        self._json(405, {"error": "read-only API: GET only (and POST /v1/submissions when submissions are on)"})
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _method_not_allowed  # noqa: N815
+    do_PUT = do_DELETE = do_PATCH = _method_not_allowed  # noqa: N815

@@ -1,0 +1,136 @@
+"""POST /v1/submissions through a real HTTP client: authentication, limits, validation, and that a
+refused request changes nothing."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+from monitor.auth import RateLimiter, TokenStore
+from monitor.exposition import SliceCollector
+from monitor.server import Health, Intake, Server
+
+TOKEN_X, TOKEN_Y = "x-token-0123456789abcdef", "y-token-fedcba9876543210"
+TOKENS = f"submitters:\n  - {{name: org-x, token: {TOKEN_X}, models: [asr-en]}}\n  - {{name: org-y, token: {TOKEN_Y}}}\n"
+GOOD = {"id": "sub-1", "model": "asr-en", "group": "accent in {scottish, nigerian-english} and noise = ward-b",
+        "claim": {"kind": "disparity", "metric": "wer", "min_gap": 0.05}, "budget": {"max_outcomes": 5000}}
+
+
+@pytest.fixture
+def api():
+    appended: list[bytes] = []
+    now = [1795514400.0]
+    collector = SliceCollector()
+    collector.publish({"slices": [], "alerts": [], "submissions": [], "pipeline": {}})
+    intake = Intake(TokenStore.parse(TOKENS), RateLimiter(per_minute=60, burst=5, clock=lambda: now[0]),
+                    appended.append, ("tenant", "accent", "device", "noise"), ("wer",), max_body=4096, max_active=2,
+                    clock=lambda: now[0])
+    server = Server(collector, Health(), "127.0.0.1", 0, intake=intake).start()
+    yield server, appended, now, collector
+    server.close()
+
+
+def post(server: Server, body: bytes | str | dict, token: str | None = TOKEN_X,
+         headers: dict | None = None) -> tuple[int, dict, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+    h = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
+    conn.request("POST", "/v1/submissions", body=data, headers=h)
+    resp = conn.getresponse()
+    out = json.loads(resp.read() or b"{}")
+    conn.close()
+    return resp.status, out, dict(resp.getheaders())
+
+
+def test_an_authenticated_valid_submission_is_appended_once_with_the_servers_time(api) -> None:
+    server, appended, now, _ = api
+    status, body, _ = post(server, {**GOOD, "ts": "2020-01-01T00:00:00Z"})  # a body cannot backdate its test
+    assert status == 202 and body["location"] == "/v1/submissions/sub-1" and len(body["hypothesis"]) == 16
+    (event,) = [json.loads(a) for a in appended]
+    assert event["type"] == "submission" and event["ts"] == now[0] and event["submitter"] == "org-x"
+    assert event["group"] == {"all": [{"dim": "accent", "in": ["nigerian-english", "scottish"]},
+                                      {"dim": "noise", "eq": "ward-b"}]}
+
+
+@pytest.mark.parametrize("token, status", [(None, 401), ("wrong-token-0123456789", 401), (TOKEN_X + " ", 202)])
+def test_tokens(api, token, status) -> None:
+    server, appended, _, _ = api
+    got, body, headers = post(server, GOOD, token=token)
+    assert got == status, body
+    if status == 401:
+        assert headers.get("WWW-Authenticate", "").startswith("Bearer") and not appended
+        assert TOKEN_X not in json.dumps(body)
+
+
+def test_a_token_for_another_model_is_forbidden(api) -> None:
+    server, appended, _, _ = api
+    status, body, _ = post(server, {**GOOD, "model": "other-model"})
+    assert status == 403 and body["path"] == "$.model" and not appended
+    assert post(server, {**GOOD, "model": "other-model"}, token=TOKEN_Y)[0] == 202  # org-y may submit for any
+
+
+@pytest.mark.parametrize("body, path", [
+    (b"{not json", "$"),
+    (b"[1, 2]", "$"),
+    ({**GOOD, "group": {"all": [{"dim": "colour", "eq": "red"}]}}, "$.group.all[0]"),
+    ({**GOOD, "group": "accent in {a, b"}, "$.group"),
+    ({**GOOD, "claim": {"kind": "drift", "min_gap": "lots"}}, "$.claim.min_gap"),
+    ({**GOOD, "submitter": "org-y"}, "$.submitter"),
+    ({**GOOD, "group": {"all": [{"dim": "accent", "in": [f"v{i}" for i in range(65)]}]}}, "$.group.all[0].in"),
+    ({**GOOD, "group": {"any": [{"dim": "noise", "eq": str(i)} for i in range(40)]}}, "$.group.any"),
+    ({**GOOD, "id": "%s%n{0.__class__}"}, None),  # printable: accepted as an id, never formatted
+])
+def test_every_rejected_body_gets_a_400_with_its_json_path(api, body, path) -> None:
+    server, appended, _, _ = api
+    status, out, _ = post(server, body)
+    if path is None:
+        assert status == 202
+        return
+    assert status == 400 and out["path"].startswith(path), out
+    assert not appended
+
+
+def test_hostile_groups_are_data(api) -> None:
+    server, appended, _, _ = api
+    deep: dict = {"dim": "noise", "eq": "x"}
+    for _ in range(200):
+        deep = {"not": deep}
+    for group in (deep, "(" * 1500 + "noise = x" + ")" * 1500, "noise = \"__import__('os').system('x')\"",
+                  "noise = \"(a+)+$\"", "noise = \"" + "\u2603" * 300 + "\""):
+        status, out, _ = post(server, {**GOOD, "id": f"h{len(appended)}", "group": group})
+        assert status in (400, 202), out
+        if status == 400:
+            assert out["path"].startswith("$.group")
+    bodies = [json.loads(a)["group"] for a in appended]
+    assert {"dim": "noise", "eq": "__import__('os').system('x')"} in bodies and {"dim": "noise", "eq": "(a+)+$"} in bodies
+
+
+def test_size_and_rate_limits(api) -> None:
+    server, appended, now, collector = api
+    status, out, _ = post(server, {**GOOD, "group": "noise = " + "x" * 5000})
+    assert status == 413 and not appended
+    results = [post(server, {**GOOD, "id": f"r{i}"})[0] for i in range(7)]
+    assert results[:5] == [202] * 5 and results[5:] == [429, 429]  # a burst of 5, then slow down
+    status, out, headers = post(server, {**GOOD, "id": "late"})
+    assert status == 429 and int(headers["Retry-After"]) >= 1 and len(appended) == 5
+    now[0] += 60  # refilled; but two of org-x's submissions are still pending: the active cap
+    collector.publish({"slices": [], "alerts": [], "pipeline": {},
+                       "submissions": [{"status": "pending", "submitters": ["org-x"], "submissions": ["r0"]},
+                                       {"status": "pending", "submitters": ["org-x"], "submissions": ["r1"]}]})
+    status, out, _ = post(server, {**GOOD, "id": "over"})
+    assert status == 429 and "pending" in out["error"] and len(appended) == 5
+
+
+def test_reading_verdicts(api) -> None:
+    server, _, _, collector = api
+    collector.publish({"slices": [], "alerts": [], "pipeline": {},
+                       "submissions": [{"status": "confirmed", "submitters": ["org-x"], "submissions": ["a", "b"]}]})
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    for path, status in (("/v1/submissions", 200), ("/v1/submissions/b", 200), ("/v1/submissions/zz", 404)):
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == status, (path, body)
+    assert body["error"].startswith("no such submission")
