@@ -1,4 +1,4 @@
-"""Command line: ``lastmile replay | demo | check-config | bench``."""
+"""Command line: ``lastmile run | replay | submit | demo | check-config | bench``."""
 
 from __future__ import annotations
 
@@ -98,6 +98,45 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(config_path=args.config, outcomes=args.outcomes, seed=args.seed)
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    """A bias-bounty submission to a running daemon (``POST /v1/submissions``)."""
+    import secrets
+    import urllib.error
+    import urllib.request
+
+    token = os.environ.get(args.token_env, "") if args.token_env else ""
+    if args.token_file:
+        token = Path(args.token_file).read_text(encoding="utf-8").strip()
+    if not token:
+        print("lastmile submit: no token (give --token-env VAR or --token-file PATH)", file=sys.stderr)
+        return 2
+    group: object = args.group
+    if args.group.lstrip().startswith("{"):
+        try:
+            group = json.loads(args.group)
+        except ValueError as exc:
+            print(f"lastmile submit: --group is not JSON ({exc}); the text form needs no braces around it",
+                  file=sys.stderr)
+            return 2
+    body = {"id": args.id or f"sub-{secrets.token_hex(6)}", "model": args.model, "group": group,
+            "claim": {"kind": args.claim, "metric": args.metric, "min_gap": args.min_gap},
+            "budget": {"max_outcomes": args.max_outcomes, "deadline": args.deadline}}
+    if args.metric is None:
+        del body["claim"]["metric"]  # type: ignore[attr-defined]
+    request = urllib.request.Request(args.url.rstrip("/") + "/v1/submissions", data=json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            print(resp.read().decode())
+            return 0
+    except urllib.error.HTTPError as err:
+        print(f"lastmile submit: {err.code} {err.read().decode()[:500]}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"lastmile submit: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lastmile", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lastmile {__version__}")
@@ -122,6 +161,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write every bias-bounty verdict record (submitted, then its verdict) as JSONL")
     p.add_argument("--quiet", action="store_true", help="do not print alerts as they happen")
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("submit", help="send a bias-bounty submission (a group and a claim) to a running daemon")
+    p.add_argument("--url", default="http://127.0.0.1:9464", help="the daemon's HTTP address")
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding your bearer token")
+    p.add_argument("--token-file", metavar="PATH", help="file holding your bearer token")
+    p.add_argument("--model", required=True)
+    p.add_argument("--group", required=True,
+                   help="text form (accent in {scottish, nigerian-english} and noise = ward-b) or a JSON tree")
+    p.add_argument("--claim", choices=("disparity", "drift"), default="disparity")
+    p.add_argument("--metric", default=None, help="default: the model's first metric")
+    p.add_argument("--min-gap", type=float, required=True, help="the gap claimed, in metric units (0.05 = 5 points)")
+    p.add_argument("--max-outcomes", type=int, default=5000, help="group outcomes to test on at most")
+    p.add_argument("--deadline", default="30d", help="how long to test for (e.g. 30d)")
+    p.add_argument("--id", default=None, help="default: a random id")
+    p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("demo", help="a seeded speech service with a last-mile incident, no servers needed")
     p.add_argument("--config", default=None, metavar="CFG", help="default: the built-in speech config")

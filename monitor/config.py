@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from monitor.sinks import AlertingLinks, DeliveryConfig, SinkConfig
+from monitor.sinks import AlertingLinks, DeliveryConfig, Secret, SinkConfig
 
 MetricName = Literal["error_rate", "fpr", "fnr", "wer", "cer", "abs_error", "squared_error"]
 #: metrics whose per-outcome error is naturally bounded by its units (so a cap is implied)
@@ -209,13 +209,24 @@ class TopicsConfig(_Strict):
     predictions: str | None = "predictions"
     feedback: str | None = "feedback"
     outcomes: str | None = None
+    #: bias-bounty submissions: the daemon reads them, and ``POST /v1/submissions`` appends to it
+    submissions: str | None = None
 
 
 class SubmissionsConfig(_Strict):
     """Bias bounties: outside evaluators submit a group and a claim (see README, "Bias bounties")."""
 
+    #: the tokens document (``{file: path}`` or ``{env: VAR}``); set: ``POST /v1/submissions`` is on
+    tokens: Secret | None = None
     #: false discovery rate across all submissions ever (e-LOND); separate from the alert budget
     alpha: float = Field(0.05, gt=0, lt=1)
+    #: request bodies longer than this are refused (413)
+    max_body_bytes: int = Field(16384, ge=256, le=1_048_576)
+    #: per submitter: requests per minute, and the burst allowed at once (429 beyond)
+    rate_per_minute: float = Field(6.0, gt=0)
+    burst: int = Field(10, ge=1)
+    #: per submitter: submissions still pending at once (429 beyond)
+    max_active: int = Field(20, ge=1)
     #: a group with fewer outcomes than this by its deadline is ``untestable``
     min_outcomes: int = Field(100, ge=1)
 
@@ -382,6 +393,8 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
             problems.append((f"sinks[{i}].secret", "slack needs its webhook URL, as `secret` (it is one) or `url`"))
     if cfg.metrics.max_units_per_outcome < 1 and cfg.primary_metric in ("wer", "cer"):
         problems.append(("metrics.max_units_per_outcome", "must be at least 1 word/character"))
+    if cfg.submissions.tokens is not None and not cfg.kafka.topics.submissions:
+        problems.append(("submissions.tokens", "the submission API appends to kafka.topics.submissions: set it too"))
     return problems
 
 

@@ -45,7 +45,8 @@ from monitor.config import Config
 from monitor.delivery import Dispatcher
 from monitor.engine import Engine
 from monitor.exposition import SliceCollector
-from monitor.server import Health, Server
+from monitor.auth import RateLimiter, TokenStore
+from monitor.server import Health, Intake, Server
 from monitor.sinks import build_sink
 from monitor.table import slice_table
 
@@ -112,7 +113,8 @@ class Daemon:
         self.messages: Counter[tuple[str, str]] = Counter()
         self.batch_seconds = 0.0
         self.health = Health(liveness_timeout=max(60.0, cfg.kafka.session_timeout * 3))
-        self.topics = [t for t in (cfg.kafka.topics.predictions, cfg.kafka.topics.feedback, cfg.kafka.topics.outcomes) if t]
+        topics = cfg.kafka.topics
+        self.topics = [t for t in (topics.predictions, topics.feedback, topics.outcomes, topics.submissions) if t]
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self.on_alert = on_alert or (lambda a: log.warning("%s %s %s", a.state.upper(), a.kind, a.summary))
@@ -142,8 +144,13 @@ class Daemon:
 
     def run(self, server: bool = True) -> int:
         http = None
+        try:
+            intake = self._intake()
+        except ValueError as exc:  # the tokens document: unreadable or invalid (the message names the entry)
+            log.error("%s", exc)
+            return 2
         if server:
-            http = Server(self.collector, self.health, self.cfg.http.host, self.cfg.http.port).start()
+            http = Server(self.collector, self.health, self.cfg.http.host, self.cfg.http.port, intake=intake).start()
             log.info("serving http://%s:%d/metrics", self.cfg.http.host, http.port)
         previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -194,9 +201,28 @@ class Daemon:
                 delay = min(delay * 2, 30.0)
         self.listener = _Listener()
         self.consumer.subscribe(self.topics, listener=self.listener)
-        if self.cfg.kafka.dead_letter_topic:
+        if self.cfg.kafka.dead_letter_topic or self.cfg.submissions.tokens is not None:
             make_producer = self._producer_factory or KafkaProducer
             self.producer = make_producer(bootstrap_servers=self.cfg.kafka.bootstrap_servers, **self.cfg.kafka.client)
+
+    def _intake(self) -> Intake | None:
+        """``POST /v1/submissions``, when tokens are configured (read once; only digests kept)."""
+        sub = self.cfg.submissions
+        if sub.tokens is None:
+            return None
+        tokens = TokenStore.parse(sub.tokens.read("submissions.tokens"))
+        models = self.cfg.events.models
+        return Intake(tokens, RateLimiter(sub.rate_per_minute, sub.burst, time.monotonic), self._append_submission,
+                      self.engine.slices.dimensions, self.engine.metrics,
+                      frozenset(models) if models is not None else None, sub.max_body_bytes, sub.max_active)
+
+    def _append_submission(self, event: bytes) -> None:
+        """From the HTTP thread: durable on the submissions topic before the API answers 202."""
+        if self.producer is None:
+            raise RuntimeError("not connected to Kafka yet")
+        topic = self.cfg.kafka.topics.submissions
+        assert topic is not None
+        self.producer.send(topic, value=event).get(timeout=10)
 
     def _shutdown(self) -> None:
         deadline = self.clock() + self.cfg.shutdown_grace

@@ -204,7 +204,11 @@ class _Handler(BaseHTTPRequestHandler):
         event = {"type": "submission", **sub.to_dict()}
         event["budget"] = {"max_outcomes": sub.max_outcomes, "deadline": sub.deadline - sub.ts}
         del event["hypothesis"]
-        intake.append(json.dumps(event).encode())
+        try:
+            intake.append(json.dumps(event).encode())
+        except Exception as exc:  # noqa: BLE001 - the broker's error, whatever it is, is a 503
+            self._json(503, {"error": f"the submission could not be stored: {type(exc).__name__}; try again"})
+            return
         self._json(202, {"id": sub.id, "hypothesis": sub.hypothesis, "status": "accepted",
                          "location": f"/v1/submissions/{sub.id}"})
 

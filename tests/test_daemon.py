@@ -286,6 +286,63 @@ def test_poisoned_events_cost_the_daemon_nothing_valid(broker, tmp_path) -> None
     assert reasons.count("future_timestamp") == added["future_timestamp"]
 
 
+def test_a_submission_through_the_api_gets_its_verdict_and_keeps_it_after_kill_9(broker, tmp_path) -> None:
+    """An evaluator submits with `lastmile submit`; the daemon appends it to the submissions topic,
+    tests it prospectively on the traffic that follows, confirms it, and a kill -9 and restart keep
+    the verdict. Refused requests (no token, another model) append nothing."""
+    from monitor.cli import main as cli
+
+    preds, fbs = broker.create_topics(4, "predictions", "feedback")
+    (subs,) = broker.create_topics(1, "submissions")
+    topics = {"prediction": preds, "feedback": fbs, "outcome": preds}
+    token = "org-x-token-0123456789abcdef"
+    daemon = DaemonProcess(broker, topics, tmp_path / "state", f"g-{tmp_path.name}")
+    daemon.env.update({"LASTMILE__KAFKA__TOPICS__SUBMISSIONS": subs, "LASTMILE__SUBMISSIONS__TOKENS": "{env: LM_TOKENS}",
+                       "LM_TOKENS": f"submitters: [{{name: org-x, token: {token}, models: [asr-en]}}]",
+                       "LM_TOKEN": token})
+    daemon.start()
+    deadline = time.monotonic() + 60
+    while daemon.get("/readyz")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    url = f"http://127.0.0.1:{daemon.port}"
+    os.environ["LM_TOKEN"] = token
+    try:
+        assert cli(["submit", "--url", url, "--token-env", "LM_TOKEN", "--model", "other", "--group", "noise = ward-b",
+                    "--min-gap", "0.03"]) == 1  # 403: not this token's model
+        assert cli(["submit", "--url", url, "--token-env", "NO_SUCH_VAR", "--model", "asr-en", "--group", "noise = x",
+                    "--min-gap", "0.03"]) == 2
+        assert cli(["submit", "--url", url, "--token-env", "LM_TOKEN", "--model", "asr-en", "--id", "ward",
+                    "--group", "noise = ward-b", "--min-gap", "0.03", "--deadline", "2d"]) == 0
+    finally:
+        del os.environ["LM_TOKEN"]
+    # traffic predicted after the submission (the server stamps it with its own clock)
+    lines = list(SpeechScenario(outcomes=40_000, seed=27, malformed=0.0, start_ts=time.time() + 5).events())
+    produce(broker.bootstrap, topics, lines)
+
+    def verdict() -> dict:
+        status, body = daemon.get("/v1/submissions/ward")
+        return body if status == 200 else {}
+
+    deadline = time.monotonic() + 180
+    while verdict().get("status") != "confirmed" and time.monotonic() < deadline:
+        assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log.read_text()[-3000:]
+        time.sleep(0.5)
+    first = verdict()
+    assert first.get("status") == "confirmed", (first, daemon.log.read_text()[-2000:])
+    assert first["submitters"] == ["org-x"] and first["n"] >= 50 and first["e_value"] >= first["threshold"]
+    _, table = daemon.get("/v1/slices")
+    assert table["pipeline"]["events"].get("submission") == 1  # refused requests appended nothing
+    time.sleep(2)  # a checkpoint (every 1s) covers the verdict
+    daemon.kill9()
+    daemon.start()
+    deadline = time.monotonic() + 120
+    while verdict().get("status") != "confirmed" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    again = verdict()
+    assert again["status"] == "confirmed" and again["decided"] == first["decided"] and again["n"] == first["n"]
+    assert daemon.terminate() == 0
+
+
 def test_a_stream_of_nearly_only_invalid_events_stops_the_daemon_with_a_clear_error(broker, tmp_path) -> None:
     topics, _ = setup_stream(broker, 10, seed=25)
     produce(broker.bootstrap, topics, [b'{"not": "an event %d"}' % i for i in range(3000)])
