@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor.alerts import rfc3339
+from monitor.alerts import Alert, rfc3339
 from monitor.bounty_stats import DisparityClaim, DriftClaim, ELond, decide
 from monitor.predicate import Predicate, compile_predicate, to_text
 from monitor.submissions import Submission
@@ -70,6 +70,7 @@ class BountyBook:
         self.hypotheses: dict[str, Hypothesis] = {}
         self.by_submission: dict[str, str] = {}  # submission id → hypothesis
         self.records: list[dict[str, Any]] = []  # verdict records not yet handed out
+        self.confirmed: list[Hypothesis] = []  # confirmations not yet handed out (to the sinks)
 
     @property
     def pending(self) -> int:
@@ -169,6 +170,28 @@ class BountyBook:
     def _final(self, h: Hypothesis, status: str, at: float) -> None:
         h.status, h.decided_at = status, at
         self.records.append(h.record())
+        if status == "confirmed":
+            self.confirmed.append(h)
+
+    def take_confirmations(self) -> list[Alert]:
+        """Alert records (kind ``submission``) for the sinks, crediting the submitters."""
+        out = []
+        for h in self.confirmed:
+            s, claim = h.sub, h.claim
+            assert claim is not None and h.decided_at is not None
+            against = "the rest of the model" if s.kind == "disparity" else f"its baseline {claim.baseline:.3f}" \
+                if isinstance(claim, DriftClaim) else "its baseline"
+            group = to_text(s.group)
+            title = {"wer": "WER", "cer": "CER", "error_rate": "error rate"}.get(s.metric, s.metric)
+            summary = (f"Bias bounty confirmed ({s.model}): {title} for {group} is worse than {against} by more than "
+                       f"{s.min_gap:g} (e-value {h.e_value:.3g} >= {1 / h.level:.3g} after {claim.n:,} group "
+                       f"outcomes); submitted by {', '.join(h.submitters)} ({', '.join(h.submissions)})")
+            estimate = claim.cs.estimate if claim.cs is not None else s.min_gap
+            out.append(Alert("submission", "firing", s.model, {"group": group}, s.metric, round(estimate, 6),
+                             s.min_gap, claim.n, rfc3339(h.decided_at), s.hypothesis, s.min_gap, summary,
+                             incident=s.hypothesis))
+        self.confirmed = []
+        return out
 
     # ---- checkpointing: plain data ------------------------------------------------------------
     def state(self) -> dict[str, Any]:

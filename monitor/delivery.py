@@ -75,7 +75,9 @@ class Dispatcher:
     def submit(self, alert: dict[str, Any]) -> None:
         record = enrich(alert, self.links)
         with self._cond:
-            if record["state"] == "firing":
+            if record["kind"] == "submission":
+                pass  # a confirmation: one notification, never re-sent or resolved
+            elif record["state"] == "firing":
                 self._firing[record["fingerprint"]] = record
             else:
                 started = self._firing.pop(record["fingerprint"], None)

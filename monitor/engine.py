@@ -409,7 +409,7 @@ class Engine:
             alerts += self.feed_event(ev)
         alerts += self.release(math.inf) + self.flush()
         self.bounty.expire(self.watermark)
-        return alerts
+        return alerts + self.bounty.take_confirmations()
 
     @property
     def held(self) -> int:
@@ -474,6 +474,7 @@ class Engine:
             dims = self.slices.dimensions
             self.bounty.observe([s[0] for s in subjects], np.array([s[1] for s in subjects], dtype=np.float64), ts,
                                 [dict(zip(dims, self.slices.values(s[2], s[3]))) for s in subjects], eu)
+            alerts += self.bounty.take_confirmations()
         return alerts
 
     def process_scored(self, rows: np.ndarray, eu: np.ndarray, ts: np.ndarray) -> list[Alert]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,7 +65,7 @@ class SinkConfig(BaseModel):
     secret: Secret | None = None  # routing key / API key / Slack webhook URL / webhook bearer token
     #: route by alert fields: only alerts whose severity and kind are listed reach this sink
     severities: list[str] = Field(default_factory=lambda: ["page", "ticket"])
-    kinds: list[str] = Field(default_factory=lambda: ["drift", "disparity"])
+    kinds: list[str] = Field(default_factory=lambda: ["drift", "disparity", "submission"])
     send_resolved: bool = True
     timeout_seconds: float = Field(10.0, gt=0)
 
@@ -86,7 +87,8 @@ class AlertingLinks(BaseModel):
     dashboard: str | None = None
     runbook: str = "https://github.com/lastmile-monitor/lastmile/blob/main/deploy/runbooks/{alertname}.md"
     #: severity label per kind of alert
-    severity: dict[str, str] = Field(default_factory=lambda: {"drift": "page", "disparity": "page"})
+    severity: dict[str, str] = Field(default_factory=lambda: {"drift": "page", "disparity": "page",
+                                                              "submission": "ticket"})
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,14 @@ class Request:
     headers: dict[str, str]
 
 
+#: a confirmed bias-bounty claim is one notification, not a condition that resolves: Alertmanager
+#: lets it expire after this long
+CONFIRMATION_TTL_SECONDS = 24 * 3600
+
+
 def alertname(record: dict[str, Any]) -> str:
-    return "LastmileSliceDrift" if record["kind"] == "drift" else "LastmileSliceDisparity"
+    return {"drift": "LastmileSliceDrift", "disparity": "LastmileSliceDisparity",
+            "submission": "LastmileSubmissionConfirmed"}.get(record["kind"], "LastmileSliceAlert")
 
 
 def enrich(record: dict[str, Any], links: AlertingLinks) -> dict[str, Any]:
@@ -139,7 +147,8 @@ class Sink:
 class AlertmanagerSink(Sink):
     def request(self, record: dict[str, Any]) -> Request:
         labels = {"alertname": alertname(record), "model": record["model"], "metric": record["metric"],
-                  "kind": record["kind"], "severity": record["severity"], "component": "slice",
+                  "kind": record["kind"], "severity": record["severity"],
+                  "component": "submission" if record["kind"] == "submission" else "slice",
                   "incident": record.get("incident") or record["fingerprint"], **record["slice"]}
         alert = {"labels": labels,
                  "annotations": {"summary": record["summary"], "runbook_url": record["runbook_url"],
@@ -149,6 +158,9 @@ class AlertmanagerSink(Sink):
                  "generatorURL": record.get("dashboard_url") or record["runbook_url"]}
         if record["state"] == "resolved":
             alert["endsAt"] = record["ts"]
+        elif record["kind"] == "submission":
+            ends = datetime.fromisoformat(record["ts"].replace("Z", "+00:00")) + timedelta(seconds=CONFIRMATION_TTL_SECONDS)
+            alert["endsAt"] = ends.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return Request("POST", (self.cfg.url or "").rstrip("/") + "/api/v2/alerts", [alert], {})  # url: checked
 
 

@@ -34,7 +34,8 @@ def test_submissions_in_a_replay_file_get_sound_verdicts(tmp_path) -> None:
     path.write_bytes(b"\n".join(subs + lines) + b"\n")
     out = tmp_path / "verdicts.jsonl"
     assert main(["replay", str(path), "--config", str(ROOT / "config" / "asr.yaml"), "--quiet",
-                 "--verdicts-out", str(out), "--summary-out", str(tmp_path / "table.json")]) == 0
+                 "--verdicts-out", str(out), "--summary-out", str(tmp_path / "table.json"),
+                 "--alerts-out", str(tmp_path / "alerts.jsonl")]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     final = {}
     for r in records:
@@ -53,6 +54,29 @@ def test_submissions_in_a_replay_file_get_sound_verdicts(tmp_path) -> None:
     assert table["pipeline"]["submissions"] == {"pending": 1, "confirmed": 1, "not_confirmed": 0, "refuted": 1,
                                                 "untestable": 1}
     assert end > T0 + 3000
+    # the confirmation goes to the sinks as an alert record of kind `submission`, crediting the submitter
+    (confirmation,) = [a for a in map(json.loads, (tmp_path / "alerts.jsonl").read_text().splitlines())
+                       if a["kind"] == "submission"]
+    assert confirmation["fingerprint"] == a["hypothesis"] and confirmation["slice"] == {"group": "noise = ward-b"}
+    assert "submitted by org-x (a, b)" in confirmation["summary"] and confirmation["ts"] == a["decided"]
+
+
+def test_a_confirmation_is_one_notification() -> None:
+    from monitor.delivery import Dispatcher
+    from monitor.sinks import AlertingLinks, AlertmanagerSink, DeliveryConfig, SinkConfig, enrich
+
+    record = {"kind": "submission", "state": "firing", "model": "asr-en", "slice": {"group": "noise = ward-b"},
+              "metric": "wer", "value": 0.07, "reference": 0.03, "n": 400, "ts": "2026-11-24T12:00:00.000Z",
+              "fingerprint": "0123456789abcdef", "tolerance": 0.03, "summary": "Bias bounty confirmed", "incident": ""}
+    rich = enrich(record, AlertingLinks())
+    assert rich["severity"] == "ticket" and rich["runbook_url"].endswith("LastmileSubmissionConfirmed.md")
+    (alert,) = AlertmanagerSink(SinkConfig(name="am", type="alertmanager", url="http://x")).request(rich).body
+    assert alert["labels"]["alertname"] == "LastmileSubmissionConfirmed" and alert["labels"]["component"] == "submission"
+    assert alert["endsAt"] == "2026-11-25T12:00:00.000Z"  # expires by itself: nothing will resolve it
+    dispatcher = Dispatcher([AlertmanagerSink(SinkConfig(name="am", type="alertmanager", url="http://x"))],
+                            DeliveryConfig(), AlertingLinks())
+    dispatcher.submit(record)
+    assert dispatcher.pending == 1 and not dispatcher._firing  # delivered once, never re-sent
 
 
 def test_a_checkpoint_restores_the_tests_and_gives_the_same_verdicts(tmp_path) -> None:
