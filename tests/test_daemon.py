@@ -315,6 +315,20 @@ def test_a_submission_through_the_api_gets_its_verdict_and_keeps_it_after_kill_9
                     "--group", "noise = ward-b", "--min-gap", "0.03", "--deadline", "2d"]) == 0
     finally:
         del os.environ["LM_TOKEN"]
+    for headers, body, status in (({}, b"{}", 401), ({"Authorization": "Bearer wrong-token-0123456789"}, b"{}", 401),
+                                  ({"Authorization": f"Bearer {token}"}, b"x" * 20_000, 413),
+                                  ({"Authorization": f"Bearer {token}"}, b'{"id": "deep", "model": "asr-en", '
+                                   b'"group": ' + b'{"not": ' * 50 + b'{"dim": "noise", "eq": "x"}' + b"}" * 50
+                                   + b', "claim": {"kind": "disparity", "min_gap": 0.03}}', 400)):
+        request = urllib.request.Request(f"{url}/v1/submissions", data=body, headers=headers)
+        try:
+            urllib.request.urlopen(request, timeout=5)
+            got = 202
+        except urllib.error.HTTPError as err:
+            got = err.code
+            assert token not in err.read().decode()
+        assert got == status, (headers.keys(), got)
+    assert token not in daemon.log.read_text()
     # traffic predicted after the submission (the server stamps it with its own clock)
     lines = list(SpeechScenario(outcomes=40_000, seed=27, malformed=0.0, start_ts=time.time() + 5).events())
     produce(broker.bootstrap, topics, lines)
