@@ -8,12 +8,15 @@ so a group chosen by studying the public slice table is still tested honestly; o
 the deadline or beyond the budget are not used. The claim's e-process and the interval for the
 gap are updated with each batch of outcomes the engine runs, and the verdict is decided
 (:func:`monitor.bounty_stats.decide`) after every 50th group outcome, at the budget and at the
-deadline — points fixed by the data, not by batching, so replay, the daemon and a restored
-checkpoint reach the same verdicts. The first verdict other than ``pending`` is final.
+deadline — points fixed by the data, not by batching, so replay and a restored checkpoint
+reach the same verdicts. (The daemon registers a submission when it reads it: outcomes of the
+group it already processed by then, e.g. under consumer lag, are not counted.) The first
+verdict other than ``pending`` is final.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +28,8 @@ from monitor.alerts import Alert, rfc3339
 from monitor.bounty_stats import DisparityClaim, DriftClaim, ELond, decide
 from monitor.predicate import Predicate, compile_predicate, to_text
 from monitor.submissions import Submission
+
+log = logging.getLogger("lastmile")
 
 #: a verdict record's ``status``: pending, then one final status
 FINAL = ("confirmed", "not_confirmed", "refuted", "untestable")
@@ -112,41 +117,53 @@ class BountyBook:
         for h in self.hypotheses.values():
             if h.status != "pending":
                 continue
-            s = h.sub
-            model = np.array([mo == s.model for mo in models], dtype=bool)
-            passed = bool((model & (ts > s.deadline)).any())
-            if h.claim is None:  # drift: tested once the model's baseline is known
-                known = self.baseline(s.model, s.metric)
-                if known is None or not 0 <= known[0] < self.cap:
-                    if passed:
-                        self._final(h, "untestable", s.deadline)
-                    continue
-                h.claim = DriftClaim(known[0], s.min_gap, cap=self.cap, max_units=self.max_units)
-                h.since = known[1]
-            claim = h.claim
-            m = self.metrics.index(s.metric)
-            idx = np.flatnonzero(model & (pred_ts >= s.ts) & (ts >= h.since) & (ts <= s.deadline) & (eu[:, m, 1] > 0))
-            member = np.array([h.member(values[i]) for i in idx], dtype=bool)
-            count = claim.n + np.cumsum(member)
-            keep = count <= s.max_outcomes  # the budget, in group outcomes, exactly
-            idx, member, count = idx[keep], member[keep], count[keep]
-            stops = np.flatnonzero(member & ((count % DECIDE_EVERY == 0) | (count == s.max_outcomes)))
-            start = 0
-            for stop in [*stops.tolist(), None]:
-                part = slice(start, None if stop is None else stop + 1)
-                e, u, g = eu[idx[part], m, 0], eu[idx[part], m, 1], member[part]
-                if isinstance(claim, DisparityClaim):
-                    claim.observe(e, u, g)
-                else:
-                    claim.observe(e[g], u[g])
-                if stop is None:
-                    break
-                self._decide(h, float(ts[idx[stop]]), deadline_passed=False)
-                if h.status != "pending":
-                    break
-                start = stop + 1
-            if h.status == "pending" and passed:
-                self._decide(h, s.deadline, deadline_passed=True)
+            try:
+                self._observe(h, models, pred_ts, ts, values, eu)
+            except ValueError as exc:  # one hypothesis that cannot be tested never stops the others
+                log.error("submission %s cannot be tested: %s", h.sub.id, exc)
+                self._final(h, "untestable", float(ts[-1]) if len(ts) else h.sub.ts)
+
+    def _observe(self, h: Hypothesis, models: list[str], pred_ts: np.ndarray, ts: np.ndarray,
+                 values: list[dict[str, str]], eu: np.ndarray) -> None:
+        s = h.sub
+        model = np.array([mo == s.model for mo in models], dtype=bool)
+        passed = bool((model & (ts > s.deadline)).any())
+        if h.claim is None:  # drift: tested once the model's baseline is known
+            known = self.baseline(s.model, s.metric)
+            if known is None or not 0 <= known[0] < self.cap:
+                if passed:
+                    self._final(h, "untestable", s.deadline)
+                return
+            if not 0 < known[0] + s.min_gap < self.cap:  # no rate can be that far above the baseline
+                self._final(h, "refuted" if known[0] + s.min_gap >= self.cap else "untestable",
+                            float(ts[-1]) if len(ts) else s.ts)
+                return
+            h.claim = DriftClaim(known[0], s.min_gap, cap=self.cap, max_units=self.max_units)
+            h.since = known[1]
+        claim = h.claim
+        m = self.metrics.index(s.metric)
+        idx = np.flatnonzero(model & (pred_ts >= s.ts) & (ts >= h.since) & (ts <= s.deadline) & (eu[:, m, 1] > 0))
+        member = np.array([h.member(values[i]) for i in idx], dtype=bool)
+        count = claim.n + np.cumsum(member)
+        keep = count <= s.max_outcomes  # the budget, in group outcomes, exactly
+        idx, member, count = idx[keep], member[keep], count[keep]
+        stops = np.flatnonzero(member & ((count % DECIDE_EVERY == 0) | (count == s.max_outcomes)))
+        start = 0
+        for stop in [*stops.tolist(), None]:
+            part = slice(start, None if stop is None else stop + 1)
+            e, u, g = eu[idx[part], m, 0], eu[idx[part], m, 1], member[part]
+            if isinstance(claim, DisparityClaim):
+                claim.observe(e, u, g)
+            else:
+                claim.observe(e[g], u[g])
+            if stop is None:
+                break
+            self._decide(h, float(ts[idx[stop]]), deadline_passed=False)
+            if h.status != "pending":
+                break
+            start = stop + 1
+        if h.status == "pending" and passed:
+            self._decide(h, s.deadline, deadline_passed=True)
 
     def expire(self, watermark: float) -> None:
         """End of input: deadlines the watermark has passed are decided (with every outcome in)."""

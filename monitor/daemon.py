@@ -214,7 +214,8 @@ class Daemon:
         models = self.cfg.events.models
         return Intake(tokens, RateLimiter(sub.rate_per_minute, sub.burst, time.monotonic), self._append_submission,
                       self.engine.slices.dimensions, self.engine.metrics,
-                      frozenset(models) if models is not None else None, sub.max_body_bytes, sub.max_active)
+                      frozenset(models) if models is not None else None, sub.max_body_bytes, sub.max_active,
+                      cap=self.cfg.error_cap())
 
     def _append_submission(self, event: bytes) -> None:
         """From the HTTP thread: durable on the submissions topic before the API answers 202."""
@@ -344,7 +345,8 @@ class Daemon:
                 continue
             bad: list[tuple[int, str]] = []
             self._emit(engine.feed_many([m.value if m.value is not None else b"" for m in messages],
-                                        on_invalid=partial(_note, bad)))
+                                        on_invalid=partial(_note, bad),
+                                        submissions=tp.topic == self.cfg.kafka.topics.submissions))
             if engine.last_event_ts is not None:
                 self.last_ts[tp] = engine.last_event_ts
             flags = [False] * len(messages)
@@ -358,6 +360,9 @@ class Daemon:
                 self.messages[(tp.topic, "invalid")] += len(bad)
         self._emit(engine.release(self._event_time_horizon()))
         self._emit(engine.flush())
+        for record in engine.bounty.take_records():  # the API serves the current ones
+            log.info("lastmile: VERDICT %s %s for %s (%s, submitted by %s)", record["status"], record["hypothesis"],
+                     record["group_text"], record["model"], ", ".join(record["submitters"]))
         self.batch_seconds = self.clock() - started
         if len(recent) == recent.maxlen and sum(recent) > limit.ratio * len(recent):
             raise InvalidLimitExceeded(

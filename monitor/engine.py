@@ -297,10 +297,12 @@ class Engine:
         return self.feed_many((raw,))
 
     def feed_many(self, raws: Iterable[bytes | str],
-                  on_invalid: Callable[[int, str], None] | None = None) -> list[Alert]:
+                  on_invalid: Callable[[int, str], None] | None = None, submissions: bool = True) -> list[Alert]:
         """Many raw events: the hot path, so :meth:`feed` and :meth:`feed_event` are inlined here.
 
         ``on_invalid(index, reason)`` hears of each rejected event (the daemon dead-letters it).
+        ``submissions``: whether these raws may carry bias-bounty submissions (the daemon accepts
+        them only from the submissions topic, which only the authenticated API writes to).
         """
         alerts: list[Alert] = []
         decode, invalid, events, join = self.decoder.decode, self.invalid, self.events, self.joiner.add
@@ -316,7 +318,12 @@ class Engine:
                     on_invalid(i, exc.reason)
                 continue
             if type(ev) is Submission:
-                self._submit(ev)
+                if submissions:
+                    alerts += self._submit(ev)
+                else:
+                    invalid["bad_submission"] += 1
+                    if on_invalid is not None:
+                        on_invalid(i, "bad_submission")
                 continue
             if wall_bound is not None:
                 if ev.ts > wall_bound:
@@ -373,8 +380,7 @@ class Engine:
     def feed_event(self, ev: Event | Submission) -> list[Alert]:
         """One decoded event that passed :meth:`screen`."""
         if type(ev) is Submission:
-            self._submit(ev)
-            return []
+            return self._submit(ev)
         assert isinstance(ev, Event)
         self.events[ev.kind] += 1
         self.last_event_ts = ev.ts
@@ -435,14 +441,17 @@ class Engine:
     # ---- bias-bounty submissions ------------------------------------------------------------
     def _parse_submission(self, obj: Any) -> Submission:
         models = self.cfg.events.models
-        return parse_submission(obj, dimensions=self.slices.dimensions, metrics=self.metrics,
+        return parse_submission(obj, dimensions=self.slices.dimensions, metrics=self.metrics, cap=self.cfg.error_cap(),
                                 models=frozenset(models) if models is not None else None)
 
-    def _submit(self, sub: Submission) -> None:
-        """A submission joins the tests in event-time order with the outcomes: those predicted
-        before it (already held or buffered) do not count for it."""
+    def _submit(self, sub: Submission) -> list[Alert]:
+        """A submission joins the tests after every outcome routed before it has gone through
+        (so its e-LOND level does not depend on batch sizes); outcomes predicted before it never
+        count for it."""
         self.events["submission"] += 1
+        alerts = self.flush()
         self.bounty.submit(sub)
+        return alerts
 
     def _model_baseline(self, model: str, metric: str) -> tuple[float, float] | None:
         """A drift claim's baseline: the model's (its population slice's) once known, and the
@@ -547,9 +556,11 @@ class Engine:
         self.events, self.invalid = Counter(data["events"]), Counter(data["invalid"])
         self.outcomes, self.watermark = data["outcomes"], data["watermark"]
         self.joiner.restore(data["join"])
-        self.future.restore(data["future"])
-        self.bounty.restore(data["bounty"])
-        self._remembered = {(m, c, tuple(v)): (first, bases) for m, c, v, first, bases in data["remembered"]}
+        if "future" in data:  # keys added after the layout was named: absent from older checkpoints
+            self.future.restore(data["future"])
+        if "bounty" in data:
+            self.bounty.restore(data["bounty"])
+        self._remembered = {(m, c, tuple(v)): (first, bases) for m, c, v, first, bases in data.get("remembered", [])}
         self._held = [(o.ts, o.id, o) for o in msgspec.msgpack.decode(data["held"], type=list[Outcome])]
         heapq.heapify(self._held)
         self.slices.restore(data["slices"])

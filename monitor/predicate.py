@@ -150,6 +150,8 @@ class _Checker:
             if len(text) > self.limits.max_value_chars:
                 raise PredicateError(where, f"a value longer than {self.limits.max_value_chars} characters"
                                             f" (got {len(text)})")
+            if not text.isprintable():  # control and bidi characters would reach logs and chat messages
+                raise PredicateError(where, "a value with non-printable characters (control or bidi)")
             return text
         raise PredicateError(where, f"a value is a string, number or boolean, got {_describe(value)}")
 

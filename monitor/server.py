@@ -63,6 +63,7 @@ class Intake:
     max_body: int = 16384
     max_active: int = 20
     clock: Any = time.time  # the submission's time is the server's: a body cannot backdate its test
+    cap: float = 1.0  # metrics.error_cap: no claimed gap can reach it
 
 
 class Server:
@@ -92,6 +93,7 @@ class Server:
 class _Handler(BaseHTTPRequestHandler):
     app: Server
     server_version = "lastmile"
+    timeout = 10  # seconds a client may take to send its request: a slow one does not hold a thread
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet access log
         return
@@ -185,6 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
             obj = {**obj, "ts": intake.clock(), "submitter": obj.get("submitter", submitter.name)}
         try:
             sub = parse_submission(obj, dimensions=intake.dimensions, metrics=intake.metrics, models=intake.models,
+                                   cap=intake.cap,
                                    submitter=submitter.name)
         except SubmissionError as exc:
             self._json(400, {"error": exc.message, "path": exc.path})

@@ -65,7 +65,8 @@ class SinkConfig(BaseModel):
     secret: Secret | None = None  # routing key / API key / Slack webhook URL / webhook bearer token
     #: route by alert fields: only alerts whose severity and kind are listed reach this sink
     severities: list[str] = Field(default_factory=lambda: ["page", "ticket"])
-    kinds: list[str] = Field(default_factory=lambda: ["drift", "disparity", "submission"])
+    #: add ``submission`` to receive confirmed bias-bounty claims (opt-in)
+    kinds: list[str] = Field(default_factory=lambda: ["drift", "disparity"])
     send_resolved: bool = True
     timeout_seconds: float = Field(10.0, gt=0)
 
@@ -204,7 +205,8 @@ class SlackSink(Sink):
         icon = ":rotating_light:" if record["state"] == "firing" else ":white_check_mark:"
         links = f"<{record['runbook_url']}|runbook>" + (
             f" · <{record['dashboard_url']}|dashboard>" if record.get("dashboard_url") else "")
-        text = f"{icon} *{record['state'].upper()}* {record['kind']}: {record['summary']} — {links}"
+        summary = record["summary"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # Slack markup
+        text = f"{icon} *{record['state'].upper()}* {record['kind']}: {summary} — {links}"
         return Request("POST", self._secret or self.cfg.url or "", {"text": text}, {})
 
 

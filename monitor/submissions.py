@@ -33,6 +33,8 @@ DEFAULT_MAX_OUTCOMES = 5000
 DEFAULT_DEADLINE = 30 * 86400.0
 MAX_OUTCOMES_LIMIT = 10_000_000
 MAX_DEADLINE = 366 * 86400.0
+MIN_DEADLINE = 3600.0  # shorter tests could only spend the shared false-discovery budget
+MIN_OUTCOMES = 100
 
 
 class SubmissionError(ValueError):
@@ -79,7 +81,8 @@ def _text(obj: dict[str, Any], key: str, path: str, limit: int = MAX_ID_CHARS) -
 
 
 def parse_submission(obj: Any, *, dimensions: tuple[str, ...], metrics: tuple[str, ...],
-                     models: frozenset[str] | None = None, submitter: str | None = None) -> Submission:
+                     models: frozenset[str] | None = None, submitter: str | None = None,
+                     cap: float = 1.0) -> Submission:
     """Validate one submission object. ``submitter``: the authenticated submitter (the API sets
     it; a body naming another one is refused). ``models``: the models accepted, when restricted."""
     if not isinstance(obj, dict):
@@ -99,8 +102,8 @@ def parse_submission(obj: Any, *, dimensions: tuple[str, ...], metrics: tuple[st
     if models is not None and model not in models:
         raise SubmissionError("$.model", "not a model this monitor accepts")
     who = obj.get("submitter", submitter)
-    if not isinstance(who, str) or not who:
-        raise SubmissionError("$.submitter", "the submitter's name")
+    if not isinstance(who, str) or not who or len(who) > 64 or not who.isprintable():
+        raise SubmissionError("$.submitter", "the submitter's name (printable, at most 64 characters)")
     if submitter is not None and who != submitter:
         raise SubmissionError("$.submitter", "must be the authenticated submitter (or left out)")
     if "group" not in obj:
@@ -123,8 +126,8 @@ def parse_submission(obj: Any, *, dimensions: tuple[str, ...], metrics: tuple[st
     if metric not in metrics:
         raise SubmissionError("$.claim.metric", f"one of the configured metrics: {', '.join(metrics)}")
     gap = claim.get("min_gap")
-    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or not 0 <= gap < 1:
-        raise SubmissionError("$.claim.min_gap", "a number in [0, 1): the gap in metric units the claim asserts")
+    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or not 0 <= gap < cap:
+        raise SubmissionError("$.claim.min_gap", f"a number in [0, {cap:g}): the gap in metric units the claim asserts")
 
     budget = obj.get("budget", {})
     if not isinstance(budget, dict):
@@ -133,14 +136,15 @@ def parse_submission(obj: Any, *, dimensions: tuple[str, ...], metrics: tuple[st
     if extra:
         raise SubmissionError(f"$.budget.{extra[0][:40]}", "unknown field (known: max_outcomes, deadline)")
     max_outcomes = budget.get("max_outcomes", DEFAULT_MAX_OUTCOMES)
-    if isinstance(max_outcomes, bool) or not isinstance(max_outcomes, int) or not 1 <= max_outcomes <= MAX_OUTCOMES_LIMIT:
-        raise SubmissionError("$.budget.max_outcomes", f"an integer from 1 to {MAX_OUTCOMES_LIMIT:,}")
+    if (isinstance(max_outcomes, bool) or not isinstance(max_outcomes, int)
+            or not MIN_OUTCOMES <= max_outcomes <= MAX_OUTCOMES_LIMIT):
+        raise SubmissionError("$.budget.max_outcomes", f"an integer from {MIN_OUTCOMES} to {MAX_OUTCOMES_LIMIT:,}")
     try:
         deadline = parse_duration(budget.get("deadline", DEFAULT_DEADLINE))
     except ValueError as exc:
         raise SubmissionError("$.budget.deadline", str(exc)[:120]) from None
-    if deadline > MAX_DEADLINE:
-        raise SubmissionError("$.budget.deadline", "at most 366 days")
+    if not MIN_DEADLINE <= deadline <= MAX_DEADLINE:
+        raise SubmissionError("$.budget.deadline", "from 1 hour to 366 days")
 
     claim_canon = {"kind": kind, "metric": metric, "min_gap": float(gap)}
     return Submission(sid, ts, model, who, group, kind, metric, float(gap), max_outcomes, ts + deadline,

@@ -20,15 +20,16 @@ def _sub(sid: str, ts: float, group, kind: str = "disparity", gap: float = 0.03,
 
 
 def test_submissions_in_a_replay_file_get_sound_verdicts(tmp_path) -> None:
-    lines = list(SpeechScenario(outcomes=60_000, seed=3, malformed=0.0).events())  # ward-b at st-marys from half-way
+    # 6,000 s of traffic, ward-b at st-marys from half-way
+    lines = list(SpeechScenario(outcomes=60_000, seed=3, malformed=0.0, rate_per_second=10).events())
     end = msgspec.json.decode(lines[-1])["ts"]
     subs = [
         _sub("a", T0, "noise = ward-b"),  # true gap about +0.07 over the rest
         _sub("b", T0 + 5, {"dim": "noise", "in": ["ward-b"]}),  # the same hypothesis, spelled otherwise
         _sub("c", T0, "accent = general-american", gap=0.02),  # an easy accent: below the rest
         _sub("d", T0, "colour = red"),  # not a declared dimension
-        _sub("e", T0, "tenant = nobody", deadline="10m"),  # a group that never occurs
-        _sub("f", T0 + 3000, "noise = ward-b", kind="drift", gap=0.01),  # submitted when the data is nearly over
+        _sub("e", T0, "tenant = nobody", deadline="1h"),  # a group that never occurs
+        _sub("f", T0 + 5900, "noise = ward-b", kind="drift", gap=0.01),  # submitted when the data is nearly over
     ]
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(subs + lines) + b"\n")
@@ -53,7 +54,7 @@ def test_submissions_in_a_replay_file_get_sound_verdicts(tmp_path) -> None:
     assert table["pipeline"]["invalid"] == {"bad_submission": 1}
     assert table["pipeline"]["submissions"] == {"pending": 1, "confirmed": 1, "not_confirmed": 0, "refuted": 1,
                                                 "untestable": 1}
-    assert end > T0 + 3000
+    assert end > T0 + 5900
     # the confirmation goes to the sinks as an alert record of kind `submission`, crediting the submitter
     (confirmation,) = [a for a in map(json.loads, (tmp_path / "alerts.jsonl").read_text().splitlines())
                        if a["kind"] == "submission"]
@@ -73,10 +74,20 @@ def test_a_confirmation_is_one_notification() -> None:
     (alert,) = AlertmanagerSink(SinkConfig(name="am", type="alertmanager", url="http://x")).request(rich).body
     assert alert["labels"]["alertname"] == "LastmileSubmissionConfirmed" and alert["labels"]["component"] == "submission"
     assert alert["endsAt"] == "2026-11-25T12:00:00.000Z"  # expires by itself: nothing will resolve it
-    dispatcher = Dispatcher([AlertmanagerSink(SinkConfig(name="am", type="alertmanager", url="http://x"))],
+    default = Dispatcher([AlertmanagerSink(SinkConfig(name="am", type="alertmanager", url="http://x"))],
+                         DeliveryConfig(), AlertingLinks())
+    default.submit(record)
+    assert default.pending == 0  # opt-in: existing sinks do not start receiving confirmations
+    dispatcher = Dispatcher([AlertmanagerSink(SinkConfig(name="am", type="alertmanager", url="http://x",
+                                                         kinds=["drift", "disparity", "submission"]))],
                             DeliveryConfig(), AlertingLinks())
     dispatcher.submit(record)
     assert dispatcher.pending == 1 and not dispatcher._firing  # delivered once, never re-sent
+    from monitor.sinks import SlackSink
+    slack = SlackSink(SinkConfig(name="s", type="slack", url="http://hooks", kinds=["submission"]))
+    text = slack.request(enrich({**record, "summary": "x <!channel> <https://evil|runbook> & y"},
+                                AlertingLinks())).body["text"]  # type: ignore[index]
+    assert "<!channel>" not in text and "&lt;!channel&gt;" in text and "&amp; y" in text
 
 
 def test_a_checkpoint_restores_the_tests_and_gives_the_same_verdicts(tmp_path) -> None:
@@ -107,3 +118,33 @@ def test_a_checkpoint_restores_the_tests_and_gives_the_same_verdicts(tmp_path) -
     current.drain()
     got += current.bounty.take_records()
     assert got == expected
+
+
+def test_an_impossible_claim_is_refuted_without_stopping_anything() -> None:
+    """A drift claim above the error cap once the baseline is known (0.12 + 0.95 > 1) is refuted;
+    the engine, and every other test, go on."""
+    from monitor.config import load_config
+    from monitor.engine import Engine
+
+    engine = Engine(load_config(ROOT / "config" / "asr.yaml"))
+    lines = [_sub("huge", T0, "noise = ward-b", kind="drift", gap=0.95), _sub("a", T0, "noise = ward-b")]
+    lines += list(SpeechScenario(outcomes=60_000, seed=3, malformed=0.0).events())
+    engine.feed_many(lines)
+    engine.drain()
+    status = {r["submissions"][0]: r["status"] for r in engine.bounty.take_records()}
+    assert status["huge"] == "refuted" and status["a"] == "confirmed"
+
+
+def test_submissions_are_accepted_only_where_they_may_come_from() -> None:
+    """The daemon reads submissions only from the submissions topic (which only the authenticated
+    API writes to); one on an event topic is refused and counted."""
+    from monitor.config import load_config
+    from monitor.engine import Engine
+
+    engine = Engine(load_config(ROOT / "config" / "asr.yaml"))
+    bad: list[tuple[int, str]] = []
+    engine.feed_many([_sub("sneaky", T0, "noise = ward-b")], on_invalid=lambda i, r: bad.append((i, r)),
+                     submissions=False)
+    assert bad == [(0, "bad_submission")] and not engine.bounty.hypotheses
+    engine.feed_many([_sub("ok", T0, "noise = ward-b")])
+    assert len(engine.bounty.hypotheses) == 1
