@@ -64,6 +64,17 @@ class Intake:
     max_active: int = 20
     clock: Any = time.time  # the submission's time is the server's: a body cannot backdate its test
     cap: float = 1.0  # metrics.error_cap: no claimed gap can reach it
+    #: accepted here, not yet in a published snapshot: they count against max_active at once
+    accepted: dict[str, set[str]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # request threads share the limits
+
+    def active(self, submitter: str, snapshot: dict[str, Any]) -> int:
+        """The submitter's submissions still pending, including those not processed yet."""
+        records = snapshot.get("submissions", [])
+        seen = {sid for r in records for sid in r["submissions"]}
+        mine = self.accepted.setdefault(submitter, set())
+        mine -= seen
+        return len(mine) + sum(1 for r in records if r["status"] == "pending" and submitter in r["submitters"])
 
 
 class Server:
@@ -166,7 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body is not read
             self._json(413, {"error": f"the body is longer than {intake.max_body} bytes"})
             return
-        allowed, wait = intake.limiter.allow(submitter.name)
+        with intake.lock:
+            allowed, wait = intake.limiter.allow(submitter.name)
         if not allowed:
             self.close_connection = True
             self.send_response(429)
@@ -198,9 +210,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not submitter.allowed(sub.model):
             self._json(403, {"error": f"this token may not submit for model {sub.model!r}", "path": "$.model"})
             return
-        snap = self.app.collector.snapshot() or {}
-        active = sum(1 for r in snap.get("submissions", []) if r["status"] == "pending" and submitter.name in
-                     r["submitters"])
+        with intake.lock:
+            active = intake.active(submitter.name, self.app.collector.snapshot() or {})
+            if active < intake.max_active:
+                intake.accepted[submitter.name].add(sub.id)
         if active >= intake.max_active:
             self._json(429, {"error": f"{active} of your submissions are still pending (at most {intake.max_active})"})
             return
@@ -210,6 +223,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             intake.append(json.dumps(event).encode())
         except Exception as exc:  # noqa: BLE001 - the broker's error, whatever it is, is a 503
+            with intake.lock:
+                intake.accepted[submitter.name].discard(sub.id)
             self._json(503, {"error": f"the submission could not be stored: {type(exc).__name__}; try again"})
             return
         self._json(202, {"id": sub.id, "hypothesis": sub.hypothesis, "status": "accepted",

@@ -25,7 +25,7 @@ def api():
     collector = SliceCollector()
     collector.publish({"slices": [], "alerts": [], "submissions": [], "pipeline": {}})
     intake = Intake(TokenStore.parse(TOKENS), RateLimiter(per_minute=60, burst=5, clock=lambda: now[0]),
-                    appended.append, ("tenant", "accent", "device", "noise"), ("wer",), max_body=4096, max_active=2,
+                    appended.append, ("tenant", "accent", "device", "noise"), ("wer",), max_body=4096, max_active=3,
                     clock=lambda: now[0])
     server = Server(collector, Health(), "127.0.0.1", 0, intake=intake).start()
     yield server, appended, now, collector
@@ -111,16 +111,19 @@ def test_size_and_rate_limits(api) -> None:
     server, appended, now, collector = api
     status, out, _ = post(server, {**GOOD, "group": "noise = " + "x" * 5000})
     assert status == 413 and not appended
-    results = [post(server, {**GOOD, "id": f"r{i}"})[0] for i in range(7)]
-    assert results[:5] == [202] * 5 and results[5:] == [429, 429]  # a burst of 5, then slow down
-    status, out, headers = post(server, {**GOOD, "id": "late"})
-    assert status == 429 and int(headers["Retry-After"]) >= 1 and len(appended) == 5
-    now[0] += 60  # refilled; but two of org-x's submissions are still pending: the active cap
+    # at most 3 pending per submitter, counted at once (before the loop has processed them)
+    results = [post(server, {**GOOD, "id": f"r{i}"}) for i in range(4)]
+    assert [r[0] for r in results] == [202, 202, 202, 429] and "pending" in results[3][1]["error"]
+    # once they have verdicts, there is room again; then the rate limit (a burst of 5) applies
     collector.publish({"slices": [], "alerts": [], "pipeline": {},
-                       "submissions": [{"status": "pending", "submitters": ["org-x"], "submissions": ["r0"]},
-                                       {"status": "pending", "submitters": ["org-x"], "submissions": ["r1"]}]})
-    status, out, _ = post(server, {**GOOD, "id": "over"})
-    assert status == 429 and "pending" in out["error"] and len(appended) == 5
+                       "submissions": [{"status": "refuted", "submitters": ["org-x"], "submissions": [f"r{i}"]}
+                                       for i in range(3)]})
+    assert post(server, {**GOOD, "id": "r9"})[0] == 202
+    status, out, headers = post(server, {**GOOD, "id": "late"})
+    assert status == 429 and "slow down" in out["error"] and int(headers["Retry-After"]) >= 1
+    assert len(appended) == 4
+    now[0] += 60  # refilled
+    assert post(server, {**GOOD, "id": "later"})[0] == 202 and len(appended) == 5
 
 
 def test_reading_verdicts(api) -> None:
