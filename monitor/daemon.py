@@ -358,8 +358,11 @@ class Daemon:
             self.messages[(tp.topic, "valid")] += len(messages) - len(bad)
             if bad:
                 self.messages[(tp.topic, "invalid")] += len(bad)
-        self._emit(engine.release(self._event_time_horizon()))
+        horizon = self._event_time_horizon()
+        self._emit(engine.release(horizon))
         self._emit(engine.flush())
+        # submissions whose model went quiet: decide at their deadline once nothing earlier can come
+        self._emit(engine.expire_submissions(min(horizon, engine.watermark)))
         for record in engine.bounty.take_records():  # the API serves the current ones
             log.info("lastmile: VERDICT %s %s for %s (%s, submitted by %s)", record["status"], record["hypothesis"],
                      record["group_text"], record["model"], ", ".join(record["submitters"]))

@@ -439,6 +439,14 @@ class Engine:
         return early
 
     # ---- bias-bounty submissions ------------------------------------------------------------
+    def expire_submissions(self, upto: float) -> list[Alert]:
+        """Decide submissions whose deadline is before ``upto`` (no outcome earlier than it is still
+        to come, and all before it have gone through :meth:`flush`)."""
+        if not self.bounty.pending or not math.isfinite(upto):
+            return []
+        self.bounty.expire(upto)
+        return self.bounty.take_confirmations()
+
     def _parse_submission(self, obj: Any) -> Submission:
         models = self.cfg.events.models
         return parse_submission(obj, dimensions=self.slices.dimensions, metrics=self.metrics, cap=self.cfg.error_cap(),

@@ -148,3 +148,18 @@ def test_submissions_are_accepted_only_where_they_may_come_from() -> None:
     assert bad == [(0, "bad_submission")] and not engine.bounty.hypotheses
     engine.feed_many([_sub("ok", T0, "noise = ward-b")])
     assert len(engine.bounty.hypotheses) == 1
+
+
+def test_a_submission_whose_model_goes_quiet_is_decided_at_its_deadline() -> None:
+    from monitor.config import load_config
+    from monitor.engine import Engine
+
+    engine = Engine(load_config(ROOT / "config" / "asr.yaml"))
+    outcomes = [msgspec.json.encode({"type": "outcome", "id": f"o{i}", "ts": T0 + i, "model": "asr-en",
+                                     "tenant": "st-marys", "output": "a b c", "label": "a b d"}) for i in range(300)]
+    engine.feed_many([_sub("quiet", T0, "tenant = nobody", deadline="1h")] + outcomes)
+    engine.flush()
+    assert engine.expire_submissions(T0 + 3000) == [] and engine.bounty.pending == 1  # not yet
+    engine.expire_submissions(T0 + 3601)
+    (record,) = [r for r in engine.bounty.take_records() if r["status"] != "pending"]
+    assert record["status"] == "untestable" and record["decided"] == "2026-11-24T11:00:00.000Z"
