@@ -27,6 +27,11 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def metric_title(metric: str) -> str:
+    """How a metric is named in summaries (``wer`` → ``WER``)."""
+    return _METRIC_TITLES.get(metric, metric)
+
+
 def describe_slice(slice_: dict[str, str]) -> str:
     if not slice_:
         return "all traffic"
@@ -79,7 +84,7 @@ class Alert:
              reference: float, n: int, ts: float, tolerance: float, *, baseline_source: str | None = None,
              baseline_from: dict[str, str] | None = None, first_seen: float | None = None,
              explained_by: dict[str, str] | None = None, incident: str | None = None) -> Alert:
-        title = _METRIC_TITLES.get(metric, metric)
+        title = metric_title(metric)
         if kind != "drift":
             against = "the rest"
         elif baseline_source == "inherited" and baseline_from is not None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor.alerts import Alert, rfc3339
+from monitor.alerts import Alert, metric_title, rfc3339
 from monitor.bounty_stats import DisparityClaim, DriftClaim, ELond, decide
 from monitor.predicate import Predicate, compile_predicate, to_text
 from monitor.submissions import Submission
@@ -199,7 +199,7 @@ class BountyBook:
             against = "the rest of the model" if s.kind == "disparity" else f"its baseline {claim.baseline:.3f}" \
                 if isinstance(claim, DriftClaim) else "its baseline"
             group = to_text(s.group)
-            title = {"wer": "WER", "cer": "CER", "error_rate": "error rate"}.get(s.metric, s.metric)
+            title = metric_title(s.metric)
             summary = (f"Bias bounty confirmed ({s.model}): {title} for {group} is worse than {against} by more than "
                        f"{s.min_gap:g} (e-value {h.e_value:.3g} >= {1 / h.level:.3g} after {claim.n:,} group "
                        f"outcomes); submitted by {', '.join(h.submitters)} ({', '.join(h.submissions)})")

@@ -430,7 +430,8 @@ class Engine:
         self.outcomes += 1
         route = self.slices.route(o.model, o.tenant, o.attributes)  # first: it may flush the buffers
         self._buf_rows.append(route)
-        self._buf_subj.append((o.model, o.pred_ts if o.pred_ts is not None else o.ts, o.tenant, o.attributes))
+        if self.bounty.hypotheses:  # (a submission flushes the buffer first, so the lists stay aligned)
+            self._buf_subj.append((o.model, o.pred_ts if o.pred_ts is not None else o.ts, o.tenant, o.attributes))
         self._buf_eu.append(scores)
         self._buf_ts.append(o.ts)
         early, self._early = self._early, []  # from a flush routing asked for (admission)
@@ -487,7 +488,7 @@ class Engine:
         subjects = self._buf_subj
         self._buf_rows, self._buf_eu, self._buf_ts, self._buf_subj = [], [], [], []
         alerts = self.process_scored(rows, eu, ts)
-        if self.bounty.pending:
+        if subjects and self.bounty.pending:
             dims = self.slices.dimensions
             self.bounty.observe([s[0] for s in subjects], np.array([s[1] for s in subjects], dtype=np.float64), ts,
                                 [dict(zip(dims, self.slices.values(s[2], s[3]))) for s in subjects], eu)

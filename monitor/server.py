@@ -109,16 +109,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet access log
         return
 
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(body)
 
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj).encode())
+    def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), headers=headers)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = self.path.split("?", 1)[0]
@@ -158,15 +161,9 @@ class _Handler(BaseHTTPRequestHandler):
         intake = self.app.intake
         submitter = intake.tokens.authenticate(self.headers.get("Authorization"))
         if submitter is None:
-            self.send_response(401)
-            body = json.dumps({"error": "a bearer token is needed: Authorization: Bearer <token>"}).encode()
-            self.send_header("WWW-Authenticate", 'Bearer realm="lastmile"')
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-            self.close_connection = True
+            self.close_connection = True  # the body is not read
+            self._json(401, {"error": "a bearer token is needed: Authorization: Bearer <token>"},
+                       {"WWW-Authenticate": 'Bearer realm="lastmile"', "Connection": "close"})
             return
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
@@ -181,13 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
             allowed, wait = intake.limiter.allow(submitter.name)
         if not allowed:
             self.close_connection = True
-            self.send_response(429)
-            slow = json.dumps({"error": "too many submissions: slow down", "retry_after_seconds": round(wait, 1)})
-            self.send_header("Retry-After", str(max(1, int(wait + 0.999))))
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(slow)))
-            self.end_headers()
-            self.wfile.write(slow.encode())
+            self._json(429, {"error": "too many submissions: slow down", "retry_after_seconds": round(wait, 1)},
+                       {"Retry-After": str(max(1, int(wait + 0.999)))})
             return
         raw = self.rfile.read(int(length))
         try:
