@@ -1,17 +1,25 @@
 """Bias bounties: submitted groups tested prospectively on the model's outcomes, with verdicts.
 
 Each distinct hypothesis (model, canonical group, claim: :func:`monitor.predicate.hypothesis_id`)
-is one test; a duplicate submission joins it. When the hypothesis first arrives it is given
-its e-LOND level ``α_t`` (:class:`monitor.bounty_stats.ELond`), fixed from the discoveries made
-before it. Only outcomes whose *prediction* time is at or after the submission's time count,
-so a group chosen by studying the public slice table is still tested honestly; outcomes after
-the deadline or beyond the budget are not used. The claim's e-process and the interval for the
-gap are updated with each batch of outcomes the engine runs, and the verdict is decided
-(:func:`monitor.bounty_stats.decide`) after every 50th group outcome, at the budget and at the
-deadline — points fixed by the data, not by batching, so replay and a restored checkpoint
-reach the same verdicts. (The daemon registers a submission when it reads it: outcomes of the
-group it already processed by then, e.g. under consumer lag, are not counted.) The first
-verdict other than ``pending`` is final.
+is one test; a duplicate submission joins it (the first submitter keeps the credit). When the
+hypothesis first arrives it is given its e-LOND level ``α_t`` (:class:`monitor.bounty_stats.ELond`),
+fixed from the discoveries made before it. Only outcomes whose *prediction* time is at or after
+the submission's time count, so a group chosen by studying the public slice table is still
+tested honestly; outcomes after the deadline or beyond the budget are not used.
+
+A drift claim is tested against the group's baseline: the largest own baseline among the
+nearest tracked slices that contain the group (:meth:`monitor.slices.SliceIndex.group_ancestors`),
+looked up when the submission arrives if its model's reference period is over, else when it
+closes; outcomes count from then on.
+
+The engine hands each batch of outcomes over (:class:`Batch`) and :meth:`BountyBook.advance`
+feeds the claims; the verdict is decided (:func:`monitor.bounty_stats.decide`) after every 50th
+group outcome, at the budget and at the deadline — points fixed by the data, not by batching,
+so replay and a restored checkpoint reach the same verdicts. A confirmation reports the
+position in the batch from which the group is *pinned* as a tracked slice (the engine's side).
+(The daemon registers a submission when it reads it: outcomes of the group it already processed
+by then, e.g. under consumer lag, are not counted.) The first verdict other than ``pending``
+is final, and a final hypothesis keeps only its numbers, not its e-process.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import numpy as np
 
 from monitor.alerts import Alert, metric_title, rfc3339
 from monitor.bounty_stats import DisparityClaim, DriftClaim, ELond, decide
-from monitor.predicate import Predicate, compile_predicate, to_text
+from monitor.predicate import Tree, to_text
 from monitor.submissions import Submission
 
 log = logging.getLogger("lastmile")
@@ -34,48 +42,73 @@ log = logging.getLogger("lastmile")
 #: a verdict record's ``status``: pending, then one final status
 FINAL = ("confirmed", "not_confirmed", "refuted", "untestable")
 DECIDE_EVERY = 50  # group outcomes between verdict decisions
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class Batch:
+    """A batch of outcomes in the order the detectors see them."""
+
+    pop: np.ndarray  # the population slice id of each outcome's model
+    pred_ts: np.ndarray  # prediction time (event time for outcome events)
+    ts: np.ndarray
+    eu: np.ndarray  # eu[i, metric] = (errors, units)
+    members: dict[int, np.ndarray]  # watch id → positions of the outcomes holding that group
+
+    @classmethod
+    def build(cls, pop: np.ndarray, pred_ts: np.ndarray, ts: np.ndarray, eu: np.ndarray,
+              watched: list[tuple[int, ...]]) -> Batch:
+        members: dict[int, list[int]] = {}
+        for i, groups in enumerate(watched):
+            for w in groups:
+                members.setdefault(w, []).append(i)
+        return cls(pop, pred_ts, ts, eu, {w: np.array(v, dtype=np.int64) for w, v in members.items()})
 
 
 @dataclass
 class Hypothesis:
-    sub: Submission  # the first submission of this hypothesis
+    sub: Submission  # the first submission of this hypothesis: its submitter has the credit
     level: float  # its e-LOND α_t
-    member: Predicate
-    claim: DisparityClaim | DriftClaim | None  # drift: None until its baseline is known
+    claim: DisparityClaim | DriftClaim | None  # drift: None until its baseline is known; None once final
     submissions: list[str] = field(default_factory=list)  # ids that joined it, the first included
     submitters: list[str] = field(default_factory=list)
     status: str = "pending"
     decided_at: float | None = None
     e_value: float = 1.0
     interval: tuple[float, float] | None = None
-    since: float = -math.inf  # drift: outcomes count from when the baseline became known
+    watch: int = -1  # the routing watch telling which outcomes hold the group (while pending)
+    n: int = 0  # group outcomes counted
+    estimate: float | None = None  # of the gap
+    baseline: float | None = None  # drift: what the group is compared with
 
     def record(self) -> dict[str, Any]:
         s = self.sub
         return {"type": "verdict", "hypothesis": s.hypothesis, "submissions": list(self.submissions),
-                "submitters": list(self.submitters), "model": s.model, "group": s.group,
+                "submitters": list(self.submitters), "credited": s.submitter, "model": s.model, "group": s.group,
                 "group_text": to_text(s.group), "claim": {"kind": s.kind, "metric": s.metric, "min_gap": s.min_gap},
                 "status": self.status, "e_value": self.e_value, "threshold": 1.0 / self.level,
                 "interval": list(self.interval) if self.interval is not None else None,
-                "n": self.claim.n if self.claim is not None else 0,
+                "estimate": self.estimate, "baseline": self.baseline, "n": self.n,
                 "submitted": rfc3339(s.ts), "deadline": rfc3339(s.deadline),
                 "decided": rfc3339(self.decided_at) if self.decided_at is not None else None}
 
 
 class BountyBook:
     def __init__(self, dimensions: tuple[str, ...], metrics: tuple[str, ...], alpha: float, min_outcomes: int,
-                 cap: float, max_units: float, baseline: Callable[[str, str], tuple[float, float] | None]):
-        """``baseline(model, metric)``: the model's baseline a drift claim is tested against
-        (the population's, once its reference period closed) and the event time from which it
-        holds, or None while unknown."""
+                 cap: float, max_units: float, baseline: Callable[[str, Tree, str], float | None],
+                 reference_closed: Callable[[str], bool], population: Callable[[str], int]):
+        """``baseline(model, group, metric)``: the group's baseline for a drift claim, or None;
+        ``reference_closed(model)``: whether baselines are settled for the model;
+        ``population(model)``: its population slice id (-1: not seen yet)."""
         self.dimensions, self.metrics = dimensions, metrics
-        self.baseline = baseline
+        self.baseline, self.reference_closed, self.population = baseline, reference_closed, population
         self.min_outcomes, self.cap, self.max_units = min_outcomes, cap, max_units
         self.fdr = ELond(alpha)
         self.hypotheses: dict[str, Hypothesis] = {}
-        self.by_submission: dict[str, str] = {}  # submission id → hypothesis
+        self.by_submission: dict[tuple[str, str], str] = {}  # (submitter, submission id) → hypothesis
         self.records: list[dict[str, Any]] = []  # verdict records not yet handed out
         self.confirmed: list[Hypothesis] = []  # confirmations not yet handed out (to the sinks)
+        self.finished: list[Hypothesis] = []  # final since the engine last looked (it stops watching them)
 
     @property
     def pending(self) -> int:
@@ -87,155 +120,214 @@ class BountyBook:
             out[h.status] += 1
         return out
 
-    def submit(self, sub: Submission) -> dict[str, Any]:
-        """A valid submission. Returns its verdict record as it stands (a duplicate joins the
-        existing test)."""
-        if sub.id in self.by_submission:
-            return self.hypotheses[self.by_submission[sub.id]].record()
+    def find(self, submission_id: str) -> Hypothesis | None:
+        """The hypothesis a submission id belongs to (the first submitter's, if several used it)."""
+        for (_, sid), hyp in self.by_submission.items():
+            if sid == submission_id:
+                return self.hypotheses[hyp]
+        return None
+
+    def submit(self, sub: Submission) -> Hypothesis:
+        """A valid submission: its hypothesis (a duplicate joins the existing test; a submitter
+        re-sending an id it used gets what it had)."""
+        known = self.by_submission.get((sub.submitter, sub.id))
+        if known is not None:
+            return self.hypotheses[known]
         h = self.hypotheses.get(sub.hypothesis)
         if h is None:
             level = self.fdr.register(sub.hypothesis)
             claim = DisparityClaim(sub.min_gap, cap=self.cap, max_units=self.max_units) if sub.kind == "disparity" \
                 else None
-            h = Hypothesis(sub, level, compile_predicate(sub.group, self.dimensions), claim)
+            h = Hypothesis(sub, level, claim)
             self.hypotheses[sub.hypothesis] = h
+            if sub.kind == "drift" and self.reference_closed(sub.model):
+                self._start_drift(h, sub.ts)
         h.submissions.append(sub.id)
         if sub.submitter not in h.submitters:
             h.submitters.append(sub.submitter)
-        self.by_submission[sub.id] = sub.hypothesis
-        record = h.record()
-        self.records.append(record)
-        return record
+        self.by_submission[(sub.submitter, sub.id)] = sub.hypothesis
+        self.records.append(h.record())
+        return h
 
-    def observe(self, models: list[str], pred_ts: np.ndarray, ts: np.ndarray, values: list[dict[str, str]],
-                eu: np.ndarray) -> None:
-        """A batch of outcomes in event-time order: ``eu[i, metric] = (errors, units)``.
+    def _start_drift(self, h: Hypothesis, at: float) -> bool:
+        """Look up the group's baseline; without a usable one the claim cannot be tested."""
+        s = h.sub
+        base = self.baseline(s.model, s.group, s.metric)
+        if base is None or not 0 <= base < self.cap:
+            self._final(h, "untestable", at)
+            return False
+        h.baseline = base
+        if base + s.min_gap >= self.cap:  # no rate can be that far above the baseline
+            self._final(h, "refuted", at)
+            return False
+        h.claim = DriftClaim(base, s.min_gap, cap=self.cap, max_units=self.max_units)
+        return True
+
+    def advance(self, batch: Batch, start: int = 0,
+                only: list[Hypothesis] | None = None) -> list[tuple[int, Hypothesis]]:
+        """Feed outcomes ``start..`` of the batch to the pending claims (or to ``only`` these).
 
         Verdicts are decided after every ``DECIDE_EVERY``-th group outcome, at the budget and at
         the deadline (once an outcome of the model is later than it): points fixed by the data,
-        so the verdicts do not depend on how outcomes were batched (or checkpointed)."""
-        for h in self.hypotheses.values():
-            if h.status != "pending":
+        so the verdicts do not depend on how outcomes were batched (or checkpointed). Returns the
+        confirmations with the position from which their group is to be tracked (the outcome
+        after the deciding one)."""
+        out = []
+        models: dict[int, np.ndarray] = {}
+        for h in (only if only is not None else list(self.hypotheses.values())):
+            if h.status != "pending" or h.claim is None:
                 continue
+            pop = self.population(h.sub.model)
+            if pop < 0:
+                continue
+            if pop not in models:
+                models[pop] = mask = batch.pop == pop
+                mask[:start] = False
             try:
-                self._observe(h, models, pred_ts, ts, values, eu)
+                at = self._advance(h, batch, models[pop])
             except ValueError as exc:  # one hypothesis that cannot be tested never stops the others
                 log.error("submission %s cannot be tested: %s", h.sub.id, exc)
-                self._final(h, "untestable", float(ts[-1]) if len(ts) else h.sub.ts)
+                self._final(h, "untestable", float(batch.ts[-1]) if len(batch.ts) else h.sub.ts)
+                continue
+            if at is not None:
+                out.append((at, h))
+        return sorted(out, key=lambda x: x[0])
 
-    def _observe(self, h: Hypothesis, models: list[str], pred_ts: np.ndarray, ts: np.ndarray,
-                 values: list[dict[str, str]], eu: np.ndarray) -> None:
-        s = h.sub
-        model = np.array([mo == s.model for mo in models], dtype=bool)
-        passed = bool((model & (ts > s.deadline)).any())
-        if h.claim is None:  # drift: tested once the model's baseline is known
-            known = self.baseline(s.model, s.metric)
-            if known is None or not 0 <= known[0] < self.cap:
-                if passed:
-                    self._final(h, "untestable", s.deadline)
-                return
-            if not 0 < known[0] + s.min_gap < self.cap:  # no rate can be that far above the baseline
-                self._final(h, "refuted" if known[0] + s.min_gap >= self.cap else "untestable",
-                            float(ts[-1]) if len(ts) else s.ts)
-                return
-            h.claim = DriftClaim(known[0], s.min_gap, cap=self.cap, max_units=self.max_units)
-            h.since = known[1]
-        claim = h.claim
+    def _advance(self, h: Hypothesis, b: Batch, model: np.ndarray) -> int | None:
+        s, claim = h.sub, h.claim
+        assert claim is not None
         m = self.metrics.index(s.metric)
-        idx = np.flatnonzero(model & (pred_ts >= s.ts) & (ts >= h.since) & (ts <= s.deadline) & (eu[:, m, 1] > 0))
-        member = np.array([h.member(values[i]) for i in idx], dtype=bool)
-        count = claim.n + np.cumsum(member)
+        late = np.flatnonzero(model & (b.ts > s.deadline))
+        member = np.zeros(len(b.ts), dtype=bool)
+        member[b.members.get(h.watch, _NONE)] = True
+        usable = model & (b.pred_ts >= s.ts) & (b.ts <= s.deadline) & (b.eu[:, m, 1] > 0)
+        idx = np.flatnonzero(usable & member if isinstance(claim, DriftClaim) else usable)
+        g = member[idx]
+        count = claim.n + np.cumsum(g)
         keep = count <= s.max_outcomes  # the budget, in group outcomes, exactly
-        idx, member, count = idx[keep], member[keep], count[keep]
-        stops = np.flatnonzero(member & ((count % DECIDE_EVERY == 0) | (count == s.max_outcomes)))
-        start = 0
+        idx, g, count = idx[keep], g[keep], count[keep]
+        stops = np.flatnonzero(g & ((count % DECIDE_EVERY == 0) | (count == s.max_outcomes)))
+        begin = 0
         for stop in [*stops.tolist(), None]:
-            part = slice(start, None if stop is None else stop + 1)
-            e, u, g = eu[idx[part], m, 0], eu[idx[part], m, 1], member[part]
+            part = slice(begin, None if stop is None else stop + 1)
+            e, u = b.eu[idx[part], m, 0], b.eu[idx[part], m, 1]
             if isinstance(claim, DisparityClaim):
-                claim.observe(e, u, g)
+                claim.observe(e, u, g[part])
             else:
-                claim.observe(e[g], u[g])
+                claim.observe(e, u)
             if stop is None:
                 break
-            self._decide(h, float(ts[idx[stop]]), deadline_passed=False)
+            self._decide(h, claim, float(b.ts[idx[stop]]), deadline_passed=False)
             if h.status != "pending":
-                break
-            start = stop + 1
-        if h.status == "pending" and passed:
-            self._decide(h, s.deadline, deadline_passed=True)
+                return int(idx[stop]) + 1 if h.status == "confirmed" else None
+            begin = stop + 1
+        if late.size:
+            self._decide(h, claim, s.deadline, deadline_passed=True)
+            if h.status == "confirmed":
+                return max(int(late[0]), int(idx[-1]) + 1 if idx.size else 0)
+        return None
 
-    def expire(self, watermark: float) -> None:
-        """End of input: deadlines the watermark has passed are decided (with every outcome in)."""
+    def reference_closed_for(self, model: str, batch: Batch, start: int) -> list[tuple[int, Hypothesis]]:
+        """``model``'s reference period closed before outcome ``start`` of the batch: drift claims
+        waiting for their baseline get it and count from there."""
+        ready = []
+        at = float(batch.ts[max(start - 1, 0)]) if len(batch.ts) else math.nan
+        for h in self.hypotheses.values():
+            if h.status == "pending" and h.claim is None and h.sub.model == model and self._start_drift(h, at):
+                ready.append(h)
+        return self.advance(batch, start, ready) if ready else []
+
+    def expire(self, watermark: float) -> list[Hypothesis]:
+        """Deadlines the watermark has passed are decided (with every outcome before it in).
+        Returns the confirmations."""
+        out = []
         for h in self.hypotheses.values():
             if h.status == "pending" and watermark > h.sub.deadline:
                 if h.claim is None:
                     self._final(h, "untestable", h.sub.deadline)
                 else:
-                    self._decide(h, h.sub.deadline, deadline_passed=True)
+                    self._decide(h, h.claim, h.sub.deadline, deadline_passed=True)
+                    if h.status == "confirmed":
+                        out.append(h)
+        return out
 
-    def _decide(self, h: Hypothesis, now: float, deadline_passed: bool) -> None:
-        assert h.claim is not None
+    def _decide(self, h: Hypothesis, claim: DisparityClaim | DriftClaim, now: float, deadline_passed: bool) -> None:
         s = h.sub
-        v = decide(h.claim, h.level, h.claim.n, s.max_outcomes, deadline_passed, s.min_gap, self.min_outcomes)
-        h.e_value, h.interval = v.e_value, v.interval
+        v = decide(claim, h.level, claim.n, s.max_outcomes, deadline_passed, s.min_gap, self.min_outcomes)
+        # (sums of floats: rounded so that where batches ended, which changes the last bits, never shows)
+        h.e_value, h.interval, h.n = float(f"{v.e_value:.10g}"), v.interval, claim.n
+        h.estimate = round(claim.cs.estimate, 9) if claim.cs is not None and claim.cs.sum_w > 0 else None
         if v.status != "pending":
             if v.status == "confirmed":
-                self.fdr.confirm(s.hypothesis, h.claim.log_e_max)
+                self.fdr.confirm(s.hypothesis, claim.log_e_max)
             self._final(h, v.status, now)
 
     def _final(self, h: Hypothesis, status: str, at: float) -> None:
         h.status, h.decided_at = status, at
+        h.claim = None  # its numbers are kept; the e-process and interval state are not needed any more
         self.records.append(h.record())
+        self.finished.append(h)
         if status == "confirmed":
             self.confirmed.append(h)
 
+    def take_finished(self) -> list[Hypothesis]:
+        out, self.finished = self.finished, []
+        return out
+
     def take_confirmations(self) -> list[Alert]:
-        """Alert records (kind ``submission``) for the sinks, crediting the submitters."""
-        out = []
-        for h in self.confirmed:
-            s, claim = h.sub, h.claim
-            assert claim is not None and h.decided_at is not None
-            against = "the rest of the model" if s.kind == "disparity" else f"its baseline {claim.baseline:.3f}" \
-                if isinstance(claim, DriftClaim) else "its baseline"
-            group = to_text(s.group)
-            title = metric_title(s.metric)
-            summary = (f"Bias bounty confirmed ({s.model}): {title} for {group} is worse than {against} by more than "
-                       f"{s.min_gap:g} (e-value {h.e_value:.3g} >= {1 / h.level:.3g} after {claim.n:,} group "
-                       f"outcomes); submitted by {', '.join(h.submitters)} ({', '.join(h.submissions)})")
-            estimate = claim.cs.estimate if claim.cs is not None else s.min_gap
-            out.append(Alert("submission", "firing", s.model, {"group": group}, s.metric, round(estimate, 6),
-                             s.min_gap, claim.n, rfc3339(h.decided_at), s.hypothesis, s.min_gap, summary,
-                             incident=s.hypothesis))
+        """Alert records (kind ``submission``) for the sinks, crediting the first submitter."""
+        out = [self.confirmation(h) for h in self.confirmed]
         self.confirmed = []
         return out
+
+    def confirmation(self, h: Hypothesis) -> Alert:
+        """The alert record of a confirmation (it is then no longer among those to take)."""
+        self.confirmed = [x for x in self.confirmed if x is not h]
+        s = h.sub
+        assert h.decided_at is not None
+        against = "the rest of the model" if s.kind == "disparity" else f"its baseline {h.baseline:.3f}"
+        group = to_text(s.group)
+        title = metric_title(s.metric)
+        others = [x for x in h.submitters if x != s.submitter]
+        credit = f"submitted by {s.submitter} ({s.id}, {rfc3339(s.ts)})" + (
+            f"; later also by {', '.join(others)}" if others else "")
+        summary = (f"Bias bounty confirmed ({s.model}): {title} for {group} is worse than {against} by more than "
+                   f"{s.min_gap:g} (e-value {h.e_value:.3g} >= {1 / h.level:.3g} after {h.n:,} group "
+                   f"outcomes); {credit}")
+        estimate = h.estimate if h.estimate is not None else s.min_gap
+        return Alert("submission", "firing", s.model, {"group": group}, s.metric, round(estimate, 6),
+                     s.min_gap, h.n, rfc3339(h.decided_at), s.hypothesis, s.min_gap, summary,
+                     incident=s.hypothesis)
 
     # ---- checkpointing: plain data ------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"fdr": self.fdr.state(), "records": list(self.records),
+                "by_submission": [[who, sid, hyp] for (who, sid), hyp in self.by_submission.items()],
+                "finished": [h.sub.hypothesis for h in self.finished],
                 "hypotheses": [{"sub": h.sub.to_dict(), "level": h.level,
                                 "claim": h.claim.state() if h.claim is not None else None,
                                 "submissions": h.submissions, "submitters": h.submitters, "status": h.status,
                                 "decided_at": h.decided_at, "e_value": h.e_value,
                                 "interval": list(h.interval) if h.interval is not None else None,
-                                "since": h.since}
+                                "watch": h.watch, "n": h.n, "estimate": h.estimate, "baseline": h.baseline}
                                for h in self.hypotheses.values()]}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.fdr = ELond.restore(state["fdr"])
         self.records = list(state["records"])
-        self.hypotheses, self.by_submission = {}, {}
+        self.hypotheses = {}
         for d in state["hypotheses"]:
             sub = Submission.from_dict(d["sub"])
             c = d["claim"]
             claim = None if c is None else (DisparityClaim.restore(c) if c["kind"] == "disparity" else DriftClaim.restore(c))
-            h = Hypothesis(sub, d["level"], compile_predicate(sub.group, self.dimensions), claim, list(d["submissions"]),
-                           list(d["submitters"]), d["status"], d["decided_at"], d["e_value"],
-                           tuple(d["interval"]) if d["interval"] is not None else None,  # type: ignore[arg-type]
-                           d["since"])
-            self.hypotheses[sub.hypothesis] = h
-            for sid in h.submissions:
-                self.by_submission[sid] = sub.hypothesis
+            interval = (float(d["interval"][0]), float(d["interval"][1])) if d["interval"] is not None else None
+            self.hypotheses[sub.hypothesis] = Hypothesis(
+                sub, d["level"], claim, list(d["submissions"]), list(d["submitters"]), d["status"], d["decided_at"],
+                d["e_value"], interval, d.get("watch", -1), d.get("n", claim.n if claim is not None else 0),
+                d.get("estimate"), d.get("baseline"))
+        self.by_submission = {(who, sid): hyp for who, sid, hyp in state.get("by_submission", [])}
+        self.finished = [self.hypotheses[k] for k in state.get("finished", [])]
+        self.confirmed = []
 
     def take_records(self) -> list[dict[str, Any]]:
         out, self.records = self.records, []

@@ -28,9 +28,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         return 1
     from monitor.engine import detectors_per_outcome, thresholds
 
-    h, _ = thresholds(cfg)
+    h, _, h_pinned = thresholds(cfg)
+    pinned = f", {h_pinned:.2f} for confirmed bias-bounty groups" if cfg.submissions.pin else ""
     print(f"{args.config_file}: ok — metrics {cfg.metrics.names}, {1 + len(cfg.slices.combinations)} slice "
-          f"combinations, {detectors_per_outcome(cfg)} detectors per outcome, alert threshold ln(ARL)={h:.2f}")
+          f"combinations, {detectors_per_outcome(cfg)} detectors per outcome, alert threshold ln(ARL)={h:.2f}{pinned}")
     return 0
 
 

@@ -213,6 +213,10 @@ class TopicsConfig(_Strict):
     submissions: str | None = None
 
 
+#: the one key of a pinned slice's description, ``{"group": <text form>}`` (not a dimension name)
+PINNED_DIMENSION = "group"
+
+
 class SubmissionsConfig(_Strict):
     """Bias bounties: outside evaluators submit a group and a claim (see README, "Bias bounties")."""
 
@@ -229,6 +233,11 @@ class SubmissionsConfig(_Strict):
     max_active: int = Field(20, ge=1)
     #: a group with fewer outcomes than this by its deadline is ``untestable``
     min_outcomes: int = Field(100, ge=1)
+    #: a confirmed group becomes a tracked slice (``{group: <text>}``) with its own drift and
+    #: disparity detectors; a share of the false-alarm budget is kept for these slices
+    pin: bool = True
+    #: at most this many pinned slices (the budget's share is split between them equally)
+    max_pinned: int = Field(16, ge=1, le=1000)
 
 
 class InvalidLimitConfig(_Strict):
@@ -331,6 +340,9 @@ def semantic_problems(cfg: Config) -> list[tuple[str, str]]:
     dims = cfg.slices.dimensions
     if len(set(dims)) != len(dims):
         problems.append(("slices.dimensions", "dimensions must be distinct"))
+    if PINNED_DIMENSION in dims:
+        problems.append((f"slices.dimensions[{dims.index(PINNED_DIMENSION)}]",
+                         f"{PINNED_DIMENSION!r} is reserved: it names the slices of confirmed bias-bounty groups"))
     for i, combo in enumerate(cfg.slices.combinations):
         for j, dim in enumerate(combo):
             if dim not in dims:

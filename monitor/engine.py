@@ -10,6 +10,7 @@ demo and the Kafka daemon feed it and publish what it returns.
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -20,7 +21,7 @@ import numpy as np
 
 from monitor import kernel as K
 from monitor.alerts import Alert, fingerprint
-from monitor.bounty import BountyBook
+from monitor.bounty import Batch, BountyBook, Hypothesis
 from monitor.baselines import Baselines, Lineage
 from monitor.config import Config, DecisionConfig, ReferenceOutcomes, ReferenceTime
 from monitor.edetector import LAMBDAS
@@ -29,8 +30,11 @@ from monitor.future import FutureGuard
 from monitor.join import Joiner, Outcome
 from monitor.scoring import Scorer, ScoreError
 from monitor.kernel import F
-from monitor.slices import SliceIndex
+from monitor.predicate import Tree
+from monitor.slices import SliceIndex, SliceKey
 from monitor.submissions import Submission, parse_submission
+
+log = logging.getLogger("lastmile")
 
 _OUT_CAPACITY = 4096
 _KINDS = ("drift", "disparity")
@@ -64,17 +68,26 @@ def detectors_per_outcome(cfg: Config) -> int:
     return max(per, 1)
 
 
-def thresholds(cfg: Config) -> tuple[float, float]:
-    """(fire, resolve) thresholds h = ln(ARL) from the stated false-alarm budget.
+def pinned_detectors(cfg: Config) -> int:
+    """Detector increments per outcome one pinned group (a confirmed bias bounty) can cause."""
+    if not cfg.submissions.pin:
+        return 0
+    return len(cfg.metrics.names) * (int(decision_enabled(cfg, "drift")) + int(decision_enabled(cfg, "disparity")))
+
+
+def thresholds(cfg: Config) -> tuple[float, float, float]:
+    """(fire, resolve, pinned fire) thresholds h = ln(ARL) from the stated false-alarm budget.
 
     Each detector increment may raise a false alarm with long-run frequency ≤ e^-h, and one
-    outcome causes at most ``detectors_per_outcome`` increments, so
-    ``ARL = detectors_per_outcome × 10^6 / false_alarms_per_million`` keeps the expected number
-    of false alerts per million outcomes of a model, over all its slices, within the budget.
+    outcome causes at most ``detectors_per_outcome`` increments in the declared slices, plus
+    ``pinned_detectors`` in each of at most ``submissions.max_pinned`` pinned groups. With
+    ``ARL = (detectors_per_outcome + pinned_detectors) × 10^6 / false_alarms_per_million`` for a
+    declared slice and ``ARL × max_pinned`` for a pinned one, the expected number of false alerts
+    per million outcomes of a model, over all its slices, stays within the budget.
     """
-    arl = detectors_per_outcome(cfg) * 1e6 / cfg.alerting.false_alarms_per_million
+    arl = (detectors_per_outcome(cfg) + pinned_detectors(cfg)) * 1e6 / cfg.alerting.false_alarms_per_million
     resolve_arl = cfg.alerting.resolve_arl or arl
-    return math.log(arl), math.log(resolve_arl)
+    return math.log(arl), math.log(resolve_arl), math.log(arl * cfg.submissions.max_pinned)
 
 
 class Engine:
@@ -105,8 +118,12 @@ class Engine:
         self.metrics = tuple(cfg.metrics.names)
         self.bounty = BountyBook(self.slices.dimensions, self.metrics, cfg.submissions.alpha,
                                  cfg.submissions.min_outcomes, cfg.error_cap(), cfg.metrics.max_units_per_outcome,
-                                 baseline=self._model_baseline)
-        self._buf_subj: list[tuple[str, float, str | None, dict[str, str]]] = []  # for submissions' groups
+                                 baseline=self._group_baseline, reference_closed=self._model_reference_closed,
+                                 population=lambda model: self.slices.find(model, 0, ()))
+        # for the submissions' tests, while any is pending: prediction times and watched groups
+        self._tracking = False
+        self._buf_pred: list[float] = []
+        self._buf_watch: list[tuple[int, ...]] = []
         if baselines is None and cfg.baseline.source == "file" and cfg.baseline.file:
             baselines = Baselines.load(cfg.resolve_path(cfg.baseline.file), cfg.primary_metric)
         self.baselines = baselines
@@ -114,7 +131,7 @@ class Engine:
         self.invalid: Counter[str] = Counter()  # invalid events by reason
         self.outcomes = 0
         self.watermark = float("-inf")
-        self.h_fire, self.h_resolve = thresholds(cfg)
+        self.h_fire, self.h_resolve, self.h_pinned = thresholds(cfg)
         self.lambdas = np.array(LAMBDAS, dtype=np.float64)
         self.params = self._params()
         self.st, self.det = K.new_rows(0, len(LAMBDAS))
@@ -134,7 +151,6 @@ class Engine:
         p[K.P.CAP] = cfg.error_cap()
         p[K.P.UMAX] = cfg.metrics.max_units_per_outcome
         p[K.P.GAMMA] = 1.0 - 1.0 / cfg.slices.window
-        p[K.P.H] = self.h_fire
         p[K.P.HR] = self.h_resolve
         p[K.P.RESOLVE] = cfg.alerting.resolve_fraction
         ref = cfg.baseline.reference
@@ -198,6 +214,7 @@ class Engine:
                 row[F.TOL_P] = disp.tolerance if disp.enabled else -1.0
                 row[F.REL_P] = disp.relative_tolerance
                 row[F.ALERTABLE] = 1.0 if alertable else 0.0
+                row[F.H] = self.h_pinned if key.combo == self.slices.pin_combo else self.h_fire
                 given = self.baselines.lookup(key.model, desc, metric) if self.baselines is not None else None
                 if not drift.enabled or cfg.baseline.source == "none":
                     row[F.BSRC] = K.Source.NONE
@@ -241,6 +258,13 @@ class Engine:
                                                  explained_by=firing.explained_by, incident=firing.incident))
         return alerts
 
+    def _ancestors(self, sid: int) -> list[list[tuple[int, tuple[str, ...]]]]:
+        """The slice's tracked ancestors, nearest first (a pinned group's: the slices containing it)."""
+        key = self.slices.keys[sid]
+        if key.combo == self.slices.pin_combo:
+            return self.slices.pinned_ancestors(sid)
+        return self.lineage.ancestors(key.combo, key.values)
+
     def _reference_closed(self, sid: int) -> bool:
         if self.params[K.P.REFMODE] == K.Ref.NONE:
             return True
@@ -256,6 +280,8 @@ class Engine:
         rows = np.array([sid * n_metrics + m for sid in sids for m in range(n_metrics)], dtype=np.int64)
         st = self.st[rows]
         learn = (st[:, F.BSRC] == K.Source.PENDING) & (st[:, F.RN] >= self.cfg.baseline.min_outcomes) & (st[:, F.RU] > 0)
+        # a pinned group was confirmed worse than it should be: it never learns that as its baseline
+        learn &= np.repeat([self.slices.keys[sid].combo != self.slices.pin_combo for sid in sids], n_metrics)
         ru = np.where(learn, st[:, F.RU], 1.0)
         rate = st[:, F.RE] / ru
         ss = st[:, F.RE2] - 2.0 * rate * st[:, F.REU] + rate * rate * st[:, F.RU2]
@@ -278,7 +304,7 @@ class Engine:
                 if row[F.BSRC] != K.Source.PENDING:
                     continue
                 row[F.BSRC] = K.Source.NONE
-                for level in self.lineage.ancestors(key.combo, key.values):
+                for level in self._ancestors(sid):
                     best, best_sid = -1.0, -1
                     for combo, values in level:
                         a = self.slices.find(key.model, combo, values)
@@ -414,7 +440,9 @@ class Engine:
         for ev in self.screen_end():
             alerts += self.feed_event(ev)
         alerts += self.release(math.inf) + self.flush()
-        self.bounty.expire(self.watermark)
+        for h in self.bounty.expire(self.watermark):
+            self._pin(h)
+        self._after_verdicts()
         return alerts + self.bounty.take_confirmations()
 
     @property
@@ -428,10 +456,11 @@ class Engine:
             self.invalid["unscorable"] += 1
             return []
         self.outcomes += 1
-        route = self.slices.route(o.model, o.tenant, o.attributes)  # first: it may flush the buffers
+        route, watched = self.slices.route_with_groups(o.model, o.tenant, o.attributes)  # first: it may flush
         self._buf_rows.append(route)
-        if self.bounty.hypotheses:  # (a submission flushes the buffer first, so the lists stay aligned)
-            self._buf_subj.append((o.model, o.pred_ts if o.pred_ts is not None else o.ts, o.tenant, o.attributes))
+        if self._tracking:  # (changes only when the buffers are empty, so the lists stay aligned)
+            self._buf_pred.append(o.pred_ts if o.pred_ts is not None else o.ts)
+            self._buf_watch.append(watched)
         self._buf_eu.append(scores)
         self._buf_ts.append(o.ts)
         early, self._early = self._early, []  # from a flush routing asked for (admission)
@@ -442,11 +471,14 @@ class Engine:
     # ---- bias-bounty submissions ------------------------------------------------------------
     def expire_submissions(self, upto: float) -> list[Alert]:
         """Decide submissions whose deadline is before ``upto`` (no outcome earlier than it is still
-        to come, and all before it have gone through :meth:`flush`)."""
+        to come)."""
         if not self.bounty.pending or not math.isfinite(upto):
             return []
-        self.bounty.expire(upto)
-        return self.bounty.take_confirmations()
+        alerts = self.flush()
+        for h in self.bounty.expire(upto):
+            self._pin(h)
+        self._after_verdicts()
+        return alerts + self.bounty.take_confirmations()
 
     def _parse_submission(self, obj: Any) -> Submission:
         models = self.cfg.events.models
@@ -459,18 +491,62 @@ class Engine:
         count for it."""
         self.events["submission"] += 1
         alerts = self.flush()
-        self.bounty.submit(sub)
+        h = self.bounty.submit(sub)
+        if h.status == "pending" and h.watch < 0:
+            h.watch = self.slices.watch(sub.model, sub.group)
+        self._tracking = bool(self.bounty.pending)  # the buffers are empty: the lists start aligned
+        self._after_verdicts()
         return alerts
 
-    def _model_baseline(self, model: str, metric: str) -> tuple[float, float] | None:
-        """A drift claim's baseline: the model's (its population slice's) once known, and the
-        event time from which it holds (its reference period's end)."""
+    def _model_reference_closed(self, model: str) -> bool:
+        """Are the model's baselines settled (its reference period over, or none kept)?"""
+        if self.params[K.P.REFMODE] == K.Ref.NONE:
+            return True
         pop = self.slices.find(model, 0, ())
-        if pop < 0 or pop * len(self.metrics) >= self._rows_ready:
-            return None
-        b = self.st[pop * len(self.metrics) + self.metrics.index(metric), F.BASE]
-        closed = self.st[pop * len(self.metrics), F.MREF_CLOSED]
-        return None if math.isnan(b) else (float(b), -math.inf if math.isnan(closed) else float(closed))
+        return pop >= 0 and pop * len(self.metrics) < self._rows_ready and self._reference_closed(pop)
+
+    def _group_baseline(self, model: str, group: Tree, metric: str) -> float | None:
+        """A submitted group's baseline, as a tracked slice's is inherited: the largest own
+        baseline (file or reference) among the nearest tracked slices containing the group."""
+        n_metrics, m = len(self.metrics), self.metrics.index(metric)
+        for level in self.slices.group_ancestors(group):
+            best: float | None = None
+            for combo, values in level:
+                sid = self.slices.find(model, combo, values)
+                value: float | None = None
+                if sid >= 0 and sid * n_metrics + m < self._rows_ready:
+                    row = self.st[sid * n_metrics + m]
+                    if row[F.BSRC] in _OWN:
+                        value = float(row[F.BASE])
+                elif self.baselines is not None:  # not tracked (yet): the baseline file may still name it
+                    value = self.baselines.lookup(model, self.slices.describe_key(SliceKey(model, combo, values)),
+                                                  metric)
+                if value is not None and (best is None or value > best):
+                    best = value
+            if best is not None:
+                return best
+        return None
+
+    def _pin(self, h: Hypothesis) -> int:
+        """A confirmed group becomes a tracked slice (``submissions.pin``, up to ``max_pinned``):
+        outcomes routed from now on that hold it reach its rows. Returns its id, or -1."""
+        sub = self.cfg.submissions
+        if not sub.pin or h.watch < 0:
+            return -1
+        before = self.slices.pinned
+        if before >= sub.max_pinned and self.slices.pinned_slice(h.watch) < 0:
+            log.warning("submission %s confirmed, but %d groups are pinned already (submissions.max_pinned): "
+                        "not tracked as a slice", h.sub.id, before)
+            return -1
+        sid = self.slices.pin(h.watch)
+        self._init_rows()
+        return sid if self.slices.pinned > before else -1
+
+    def _after_verdicts(self) -> None:
+        """Hypotheses decided since: routing stops telling their group (unless it is pinned)."""
+        for h in self.bounty.take_finished():
+            if h.watch >= 0 and self.slices.pinned_slice(h.watch) < 0:
+                self.slices.unwatch(h.watch)
 
     def _flush_before_admission(self) -> None:
         """Routing is about to decide an admission: the outcomes buffered so far go through the
@@ -482,34 +558,83 @@ class Engine:
         """Run the buffered outcomes through the kernel; returns the alert transitions in order."""
         if not self._buf_ts:
             return []
-        rows = np.array(self._buf_rows, dtype=np.int64)
+        buf = self._buf_rows
+        if self.slices.pinned:  # routes of outcomes in pinned groups are longer: -1 pads the rest
+            rows = np.full((len(buf), max(map(len, buf))), -1, dtype=np.int64)
+            for i, r in enumerate(buf):
+                rows[i, :len(r)] = r
+        else:
+            rows = np.array(buf, dtype=np.int64)
         eu = np.array(self._buf_eu, dtype=np.float64).reshape(len(self._buf_ts), len(self.metrics), 2)
         ts = np.array(self._buf_ts, dtype=np.float64)
-        subjects = self._buf_subj
-        self._buf_rows, self._buf_eu, self._buf_ts, self._buf_subj = [], [], [], []
-        alerts = self.process_scored(rows, eu, ts)
-        if subjects and self.bounty.pending:
-            dims = self.slices.dimensions
-            self.bounty.observe([s[0] for s in subjects], np.array([s[1] for s in subjects], dtype=np.float64), ts,
-                                [dict(zip(dims, self.slices.values(s[2], s[3]))) for s in subjects], eu)
-            alerts += self.bounty.take_confirmations()
-        return alerts
+        pred, watched = self._buf_pred, self._buf_watch
+        self._buf_rows, self._buf_eu, self._buf_ts, self._buf_pred, self._buf_watch = [], [], [], [], []
+        if not self._tracking:
+            return self.process_scored(rows, eu, ts)
+        batch = Batch.build(rows[:, 0].copy(), np.array(pred, dtype=np.float64), ts, eu, watched)
+        alerts = self._process_tested(rows, eu, ts, batch)
+        self._after_verdicts()
+        self._tracking = bool(self.bounty.pending)
+        return alerts + self.bounty.take_confirmations()
 
     def process_scored(self, rows: np.ndarray, eu: np.ndarray, ts: np.ndarray) -> list[Alert]:
         """The batch path on arrays: ``rows[i]`` from :meth:`SliceIndex.route`, ``eu[i, metric] = (errors, units)``.
 
         Simulations with millions of outcomes use it directly; events reach it through :meth:`flush`.
         """
+        self._begin_batch()
+        alerts: list[Alert] = []
+        pos = 0
+        while pos < len(ts):
+            part, pos, _ = self._run(rows, eu, ts, pos, len(ts))
+            alerts += part
+        return alerts + self._settle(float(ts[-1])) if len(ts) else alerts
+
+    def _process_tested(self, rows: np.ndarray, eu: np.ndarray, ts: np.ndarray, batch: Batch) -> list[Alert]:
+        """:meth:`process_scored` while submissions are tested: the claims are fed the batch, and
+        a group confirmed at one outcome is tracked from the next on (the kernel runs up to there,
+        the group's column is added, and it goes on), so where batches end never matters."""
+        self._begin_batch()
+        pins = self.bounty.advance(batch)
+        alerts: list[Alert] = []
+        pos, n = 0, len(ts)
+        while True:
+            stop = pins[0][0] if pins else n
+            part, pos, closed = self._run(rows, eu, ts, pos, stop)
+            alerts += part
+            if closed is not None:  # drift claims waiting for this model's baselines start here
+                pins = sorted(pins + self.bounty.reference_closed_for(closed, batch, pos), key=lambda p: p[0])
+                continue
+            while pins and pins[0][0] <= pos:
+                h = pins.pop(0)[1]
+                alerts.append(self.bounty.confirmation(h))  # in event order, after the deciding outcome's
+                sid = self._pin(h)  # -1: not pinned, or pinned already (its routes hold it)
+                later = batch.members.get(h.watch, np.zeros(0, np.int64))
+                later = later[later >= pos]
+                if sid >= 0 and later.size:
+                    column = np.full((n, 1), -1, dtype=np.int64)
+                    column[later, 0] = sid
+                    rows = np.hstack([rows, column])
+            if pos >= n and not pins:
+                break
+        return alerts + self._settle(float(ts[-1])) if n else alerts
+
+    def _begin_batch(self) -> None:
         self._init_rows()
         n_metrics = len(self.metrics)
         for sid in self.slices.retiring():  # outcomes routed before its value was retired: counted, never alerted
             self.st[sid * n_metrics: (sid + 1) * n_metrics, F.ALERTABLE] = 0.0
+
+    def _run(self, rows: np.ndarray, eu: np.ndarray, ts: np.ndarray, start: int,
+             end: int) -> tuple[list[Alert], int, str | None]:
+        """Outcomes ``start..end-1`` through the kernel; stops early when a model's reference period
+        closes (returns that model, after setting its baselines) so the caller can act on it."""
+        self._init_rows()
         alerts: list[Alert] = []
         out_i, out_row, out_kind, out_state, out_vals = self._out
-        start = 0
-        while start < len(ts):
+        while start < end:
             n_out, start, closed = K.process_batch(self.st, self.det, rows, eu, ts, self.params, self.lambdas, start,
-                                                   out_i, out_row, out_kind, out_state, out_vals)
+                                                   end, out_i, out_row, out_kind, out_state, out_vals)
             for j in range(n_out):
                 alert = self._alert(int(out_row[j]), int(out_kind[j]), int(out_state[j]), out_vals[j],
                                     float(ts[out_i[j]]))
@@ -518,9 +643,8 @@ class Engine:
                     alerts += self._regroup(alert.fingerprint, float(ts[out_i[j]]))
             if closed >= 0:
                 self._close_reference(int(closed))
-        if len(ts):
-            alerts += self._settle(float(ts[-1]))
-        return alerts
+                return alerts, start, self.slices.keys[int(closed) // len(self.metrics)].model
+        return alerts, start, None
 
     # ---- checkpointing -------------------------------------------------------------------------
     def layout(self) -> dict[str, Any]:
@@ -569,6 +693,7 @@ class Engine:
             self.future.restore(data["future"])
         if "bounty" in data:
             self.bounty.restore(data["bounty"])
+        self._tracking = bool(self.bounty.pending)
         self._remembered = {(m, c, tuple(v)): (first, bases) for m, c, v, first, bases in data.get("remembered", [])}
         self._held = [(o.ts, o.id, o) for o in msgspec.msgpack.decode(data["held"], type=list[Outcome])]
         heapq.heapify(self._held)
@@ -606,7 +731,7 @@ class Engine:
         if other is not None:
             return other
         interval = K.window_interval(row)
-        for level in self.lineage.ancestors(key.combo, key.values):
+        for level in self._ancestors(sid):
             for combo, values in level:
                 a = self.slices.find(key.model, combo, values)
                 if a < 0:

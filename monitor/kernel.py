@@ -61,6 +61,7 @@ class F(IntEnum):
     TOL_D = auto()
     REL_D = auto()
     TOL_P = auto()  # < 0: disparity disabled for this model
+    H = auto()  # the fire threshold ln(ARL): its share of the false-alarm budget (see engine.thresholds)
     REL_P = auto()
     ALERTABLE = auto()
     DSTATE = auto()  # 0 ok, 1 firing
@@ -113,7 +114,6 @@ class P(IntEnum):
     CAP = 0
     UMAX = auto()
     GAMMA = auto()
-    H = auto()
     HR = auto()
     RESOLVE = auto()
     REFMODE = auto()
@@ -214,12 +214,13 @@ def _transition(st, det, r, i, kind, state, reference, n_out, out_i, out_row, ou
 
 
 @numba.njit(cache=True, nogil=True)
-def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row, out_kind, out_state, out_vals):
-    """Update state for outcomes ``start..`` of the batch; stop early after an outcome that caused
+def process_batch(st, det, rows, eu, ts, params, lambdas, start, end, out_i, out_row, out_kind, out_state, out_vals):
+    """Update state for outcomes ``start..end-1`` of the batch; stop early after an outcome that caused
     alert transitions (the engine explains them from the state as of that outcome), or when a
     model's reference period closes (the engine then sets every baseline of that model).
 
-    rows[i, c]  slice id of outcome i in combination c (c = 0: the population)
+    rows[i, c]  slice id of outcome i in combination c (c = 0: the population; -1: none, as for
+                the columns of pinned groups it is not in)
     eu[i, m]    (errors, units) of outcome i for metric m; (0, 0) = not applicable
     Returns (transitions written, index of the next unprocessed outcome, population row of the
     model whose reference period just closed or -1).
@@ -230,7 +231,6 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row,
     cap = params[P.CAP]
     umax = params[P.UMAX]
     g = params[P.GAMMA]
-    h = params[P.H]
     hr = params[P.HR]
     resolve = params[P.RESOLVE]
     refmode = int(params[P.REFMODE])
@@ -238,7 +238,7 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row,
     disp_on = params[P.DISP] > 0.0
     n_out = 0
     i = start
-    while i < rows.shape[0]:
+    while i < end:
         if n_out + 2 * n_combos * n_metrics > n_out_max:
             break
         t = ts[i]
@@ -267,7 +267,10 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, out_i, out_row,
             scale = max(umax, u)  # ... and long outcomes at their own rate over umax units
             pop = rows[i, 0] * n_metrics + m
             for c in range(n_combos):
+                if rows[i, c] < 0:
+                    continue
                 r = rows[i, c] * n_metrics + m
+                h = st[r, F.H]
                 # -- estimates
                 if st[r, F.FIRST] != st[r, F.FIRST]:  # NaN: the row's first outcome (or its slice's, remembered)
                     st[r, F.FIRST] = t

@@ -540,6 +540,24 @@ def compile_predicate(tree: Any, dimensions: Iterable[str], *, limits: Limits = 
     return _build(parse_group(tree, dimensions, limits=limits))
 
 
+def implied_values(tree: Tree) -> dict[str, str]:
+    """The ``dimension = value`` pairs every member of the group has: those of its top-level
+    ``eq`` (and ``missing: true``) leaves. The tracked slices with only these pairs contain
+    the group, so they are where its baseline comes from.
+
+    >>> implied_values({"all": [{"dim": "accent", "in": ["a", "b"]}, {"dim": "noise", "eq": "ward-b"}]})
+    {'noise': 'ward-b'}
+    """
+    node = _trusted(tree)
+    out: dict[str, str] = {}
+    for leaf in node.get("all", [node]):
+        if "dim" in leaf and "eq" in leaf:
+            out.setdefault(leaf["dim"], leaf["eq"])
+        elif "dim" in leaf and leaf.get("missing") is True:
+            out.setdefault(leaf["dim"], UNKNOWN)
+    return out
+
+
 def _build(node: Tree) -> Predicate:
     if "dim" in node:
         dim = node["dim"]

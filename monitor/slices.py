@@ -10,6 +10,12 @@ one that faded, whose slices are retired and their ids recycled), and ``max_slic
 total; anything beyond maps to ``__other__`` and is counted, so a flood of new values cannot
 grow memory (or Prometheus series) without bound.
 
+Groups submitted as bias bounties are *watched*: routing tells which pending groups an
+outcome belongs to (memoised with the route, so a predicate runs once per distinct set of
+values, not per outcome), and a confirmed group is *pinned*: a slice ``{"group": <text>}``
+routed like any other, whose baselines come from the tracked slices containing it
+(:meth:`SliceIndex.pinned_ancestors`).
+
 Slice ids are row numbers in the engine's state. A retired slice's id is reused only after the
 engine has run the batch that may still hold outcomes routed to it (:meth:`SliceIndex.settle`),
 and the engine resets its rows before reuse (:meth:`SliceIndex.take_reused`).
@@ -23,8 +29,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from monitor.admission import ValueAdmission
-from monitor.config import SlicesConfig
+from monitor.config import PINNED_DIMENSION, SlicesConfig
 from monitor.events import UNKNOWN
+from monitor.predicate import Predicate, Tree, compile_predicate, implied_values, to_text
 
 OTHER = "__other__"
 _ROUTE_CACHE_MAX = 200_000
@@ -39,6 +46,15 @@ class SliceKey(NamedTuple):
 _RETIRED = SliceKey("", -1, ())  # the key of an id whose slice was retired (until it is reused)
 
 
+class Watch(NamedTuple):
+    """A submitted group of one model's traffic: pending (``sid`` -1) or pinned as slice ``sid``."""
+
+    model: str
+    group: Tree  # canonical
+    member: Predicate
+    sid: int
+
+
 class SliceIndex:
     def __init__(self, cfg: SlicesConfig):
         self.cfg = cfg
@@ -47,14 +63,21 @@ class SliceIndex:
         combos = [tuple(sorted(order[d] for d in combo)) for combo in cfg.combinations]
         #: dimension indices of each tracked combination; combination 0 is ``{}``
         self.combos: tuple[tuple[int, ...], ...] = ((),) + tuple(c for c in combos if c)
+        #: the combination index of pinned groups' keys: SliceKey(model, pin_combo, (text,))
+        self.pin_combo = len(self.combos)
+        self._watches: dict[int, Watch] = {}
+        self._model_watches: dict[str, list[int]] = {}
+        self._next_watch = 0
+        self.pinned = 0  # groups pinned as slices
         self.keys: list[SliceKey] = []  # by id; _RETIRED for a retired id not yet reused
         self._ids: dict[SliceKey, int] = {}
         self._admission: dict[tuple[str, int], ValueAdmission] = {}
         self._ticks: dict[str, int] = {}  # outcomes per model since its counts last faded
         self._by_value: dict[tuple[str, int, str], list[int]] = {}  # (model, dim, value) → ids holding it
-        # (model, tenant, *attribute values as they arrived) → (slice ids, count cells of its values):
-        # one dict lookup per outcome, plus one count per dimension
-        self._routes: dict[tuple[str | None, ...], tuple[list[int], list[tuple[dict[str, float], str]]]] = {}
+        # (model, tenant, *attribute values as they arrived) → (slice ids, count cells of its values,
+        # pending watched groups holding it): one dict lookup per outcome, plus one count per dimension
+        self._routes: dict[tuple[str | None, ...],
+                           tuple[list[int], list[tuple[dict[str, float], str]], tuple[int, ...]]] = {}
         self._attr_dims = self.dimensions  # "tenant" too: it may come from attributes when the field is absent
         self.value_overflow: Counter[str] = Counter()  # dimension → outcomes mapped to __other__
         self.retired: Counter[str] = Counter()  # dimension → values retired to make room
@@ -82,7 +105,9 @@ class SliceIndex:
                 "ticks": dict(self._ticks), "value_overflow": dict(self.value_overflow),
                 "retired": dict(self.retired), "slice_overflow": self.slice_overflow, "regular": self._regular,
                 "retiring": [[sid, k.model, k.combo, list(k.values)] for sid, k in self._retiring],
-                "free": sorted(self._free), "reused": list(self._reused)}
+                "free": sorted(self._free), "reused": list(self._reused),
+                "watches": [[wid, w.model, w.group, w.sid] for wid, w in self._watches.items()],
+                "next_watch": self._next_watch}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.keys = [SliceKey(m, c, tuple(v)) for m, c, v in state["keys"]]
@@ -102,6 +127,11 @@ class SliceIndex:
         self._retiring = [(sid, SliceKey(m, c, tuple(v))) for sid, m, c, v in state["retiring"]]
         self._free, self._reused = list(state["free"]), list(state["reused"])
         heapq.heapify(self._free)
+        self._watches, self._model_watches = {}, {}
+        for wid, model, group, sid in state.get("watches", []):
+            self._add_watch(wid, model, group, sid)
+        self._next_watch = state.get("next_watch", 0)
+        self.pinned = sum(1 for key in self.keys if key.combo == self.pin_combo)
         self._routes = {}
 
     def _new_admission(self) -> ValueAdmission:
@@ -109,7 +139,7 @@ class SliceIndex:
         return ValueAdmission(self.cfg.max_values_per_dimension, adm.candidates, adm.min_count)
 
     def _index_values(self, sid: int, key: SliceKey) -> None:
-        if key.combo > 0:
+        if 0 < key.combo < self.pin_combo:
             for d, v in zip(self.combos[key.combo], key.values):
                 self._by_value.setdefault((key.model, d, v), []).append(sid)
 
@@ -137,6 +167,8 @@ class SliceIndex:
     def describe_key(self, key: SliceKey) -> dict[str, str]:
         if key.combo < 0:
             raise KeyError("a retired slice id has no slice")
+        if key.combo == self.pin_combo:
+            return {PINNED_DIMENSION: key.values[0]}
         dims = self.combos[key.combo]
         return {self.dimensions[d]: v for d, v in zip(dims, key.values)}
 
@@ -148,7 +180,9 @@ class SliceIndex:
         return self.route(model, None, {})[0]
 
     def find_slice(self, model: str, slice_: dict[str, str]) -> int:
-        """The id of a tracked slice given as ``{dimension: value}``, or -1."""
+        """The id of a tracked slice given as ``{dimension: value}`` (or ``{"group": text}``), or -1."""
+        if list(slice_) == [PINNED_DIMENSION]:
+            return self.find(model, self.pin_combo, (slice_[PINNED_DIMENSION],))
         order = {d: i for i, d in enumerate(self.dimensions)}
         try:
             dims = tuple(sorted(order[d] for d in slice_))
@@ -162,11 +196,17 @@ class SliceIndex:
         return self._ids.get(SliceKey(model, combo, values), -1)
 
     def route(self, model: str, tenant: str | None, attributes: dict[str, str]) -> list[int]:
-        """Slice ids of every tracked combination for this outcome, population first.
+        """Slice ids of every tracked combination for this outcome, population first, then the
+        pinned groups holding it.
 
         Each call counts the outcome's values (for admission by frequency), so the result
         depends only on the sequence of calls: replay, the daemon and a restored checkpoint
         route alike."""
+        return self.route_with_groups(model, tenant, attributes)[0]
+
+    def route_with_groups(self, model: str, tenant: str | None,
+                          attributes: dict[str, str]) -> tuple[list[int], tuple[int, ...]]:
+        """:meth:`route`, and the pending watched groups (watch ids) holding the outcome."""
         get = attributes.get
         raw_key = (model, tenant, *[get(d) for d in self._attr_dims])
         ticks = self._ticks
@@ -177,17 +217,79 @@ class SliceIndex:
         if cached is not None:
             for counts, value in cached[1]:
                 counts[value] += 1.0
-            return cached[0]
+            return cached[0], cached[2]
         values = self.values(tenant, attributes)
         overflow_before = self.slice_overflow
         capped = tuple(self._cap_value(model, i, v) for i, v in enumerate(values))
         ids = [self._slice_id(model, ci, tuple(capped[d] for d in combo)) for ci, combo in enumerate(self.combos)]
+        watched: tuple[int, ...] = ()
+        wids = self._model_watches.get(model)
+        if wids:  # groups are judged on the values as they arrived, not as capped
+            named = dict(zip(self.dimensions, values))
+            hits = [wid for wid in wids if self._watches[wid].member(named)]
+            ids += dict.fromkeys(self._watches[wid].sid for wid in hits if self._watches[wid].sid >= 0)
+            watched = tuple(wid for wid in hits if self._watches[wid].sid < 0)
         overflowed = OTHER in capped or self.slice_overflow != overflow_before
         if not overflowed and len(self._routes) < _ROUTE_CACHE_MAX:
             # overflowed routes are recomputed each time so overflow stays counted per outcome
             cells = [(self._admission[(model, d)].tracked, v) for d, v in enumerate(capped)]
-            self._routes[raw_key] = (ids, cells)
-        return ids
+            self._routes[raw_key] = (ids, cells, watched)
+        return ids, watched
+
+    # ---- submitted groups: watched while pending, pinned once confirmed ------------------------
+    def watch(self, model: str, group: Tree) -> int:
+        """Start telling which outcomes of ``model`` hold ``group``; returns the watch id."""
+        wid = self._next_watch
+        self._next_watch += 1
+        self._add_watch(wid, model, group, -1)
+        return wid
+
+    def _add_watch(self, wid: int, model: str, group: Tree, sid: int) -> None:
+        self._watches[wid] = Watch(model, group, compile_predicate(group, self.dimensions), sid)
+        self._model_watches.setdefault(model, []).append(wid)
+        self._routes.clear()
+
+    def unwatch(self, wid: int) -> None:
+        w = self._watches.pop(wid, None)
+        if w is not None:
+            self._model_watches[w.model].remove(wid)
+            self._routes.clear()
+
+    def pin(self, wid: int) -> int:
+        """The watched group becomes a tracked slice ``{"group": <text>}``; returns its id (the
+        engine gives it rows). Outcomes routed from now on include it when they hold the group."""
+        w = self._watches[wid]
+        if w.sid >= 0:
+            return w.sid
+        key = SliceKey(w.model, self.pin_combo, (to_text(w.group),))
+        sid = self._ids.get(key)
+        if sid is None:  # (the same group pinned before under another claim: one slice)
+            sid = self._new_id(key)
+            self.pinned += 1
+        self._watches[wid] = w._replace(sid=sid)
+        self._routes.clear()
+        return sid
+
+    def pinned_slice(self, wid: int) -> int:
+        """The slice a watched group is pinned as, or -1."""
+        w = self._watches.get(wid)
+        return w.sid if w is not None else -1
+
+    def pinned_ancestors(self, sid: int) -> list[list[tuple[int, tuple[str, ...]]]]:
+        """A pinned group's ancestors, nearest first, as :meth:`monitor.baselines.Lineage.ancestors`
+        gives them for declared slices: the tracked combinations made only of pairs every member
+        of the group has (:func:`monitor.predicate.implied_values`), down to the population."""
+        return self.group_ancestors(next(w.group for w in self._watches.values() if w.sid == sid))
+
+    def group_ancestors(self, group: Tree) -> list[list[tuple[int, tuple[str, ...]]]]:
+        implied = implied_values(group)
+        have = {i for i, d in enumerate(self.dimensions) if d in implied}
+        levels: dict[int, list[tuple[int, tuple[str, ...]]]] = {}
+        for j, combo in enumerate(self.combos):
+            if set(combo) <= have:
+                levels.setdefault(len(combo), []).append(
+                    (j, tuple(implied[self.dimensions[d]] for d in combo)))
+        return [levels[size] for size in sorted(levels, reverse=True)]
 
     def values(self, tenant: str | None, attributes: dict[str, str]) -> list[str]:
         """An outcome's value of each dimension, as slices see it (missing: ``unknown``)."""
@@ -271,6 +373,9 @@ class SliceIndex:
                 return sid
         else:
             self._regular += 1
+        return self._new_id(key)
+
+    def _new_id(self, key: SliceKey) -> int:
         if self._free:
             sid = heapq.heappop(self._free)
             self.keys[sid] = key

@@ -100,5 +100,6 @@ def slice_table(engine: Engine) -> dict[str, Any]:
         "decision": {
             "false_alarms_per_million": engine.cfg.alerting.false_alarms_per_million,
             "threshold_log_arl": round(engine.h_fire, 4),
+            "threshold_log_arl_pinned": round(engine.h_pinned, 4) if engine.cfg.submissions.pin else None,
         },
     }

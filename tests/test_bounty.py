@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 
 import msgspec
+import pytest
 
 from monitor.cli import main
 from monitor.simulate import SpeechScenario
@@ -59,7 +61,14 @@ def test_submissions_in_a_replay_file_get_sound_verdicts(tmp_path) -> None:
     (confirmation,) = [a for a in map(json.loads, (tmp_path / "alerts.jsonl").read_text().splitlines())
                        if a["kind"] == "submission"]
     assert confirmation["fingerprint"] == a["hypothesis"] and confirmation["slice"] == {"group": "noise = ward-b"}
-    assert "submitted by org-x (a, b)" in confirmation["summary"] and confirmation["ts"] == a["decided"]
+    assert "submitted by org-x (a, 2026-11-24T10:00:00.000Z)" in confirmation["summary"]
+    assert confirmation["ts"] == a["decided"] and a["credited"] == "org-x"
+    # ... and the group is tracked from then on, as a slice of its own
+    pinned = [r for r in table["slices"] if r["slice"] == {"group": "noise = ward-b"}]
+    ward_b = next(r for r in table["slices"] if r["slice"] == {"noise": "ward-b"})
+    assert pinned and 0 < pinned[0]["n"] < ward_b["n"]
+    # pinned during the reference period, it still never learns its own (bad) rate as its baseline
+    assert pinned[0]["baseline_source"] == "inherited" and pinned[0]["baseline_from"] == {"noise": "ward-b"}
 
 
 def test_a_confirmation_is_one_notification() -> None:
@@ -163,3 +172,106 @@ def test_a_submission_whose_model_goes_quiet_is_decided_at_its_deadline() -> Non
     engine.expire_submissions(T0 + 3601)
     (record,) = [r for r in engine.bounty.take_records() if r["status"] != "pending"]
     assert record["status"] == "untestable" and record["decided"] == "2026-11-24T11:00:00.000Z"
+
+
+def _pin_lines(seed: int) -> list[bytes]:
+    """Dimensions a and b, tracked one at a time; from outcome 3,000 on, the undeclared intersection
+    a = x and b = y errs 45% of the time against 10% for everything else."""
+    import random
+
+    rng = random.Random(seed)
+    sub = msgspec.json.encode({"type": "submission", "id": "s1", "ts": T0 + 3001, "model": "m", "submitter": "org-x",
+                               "group": "a = x and b = y", "claim": {"kind": "disparity", "metric": "error_rate",
+                                                                     "min_gap": 0.1},
+                               "budget": {"max_outcomes": 5000, "deadline": "30d"}})
+    lines = [sub]
+    for i in range(12_000):
+        a, b = rng.choice("xz"), rng.choice("yw")
+        p = 0.45 if i >= 3000 and (a, b) == ("x", "y") else 0.1
+        lines.append(msgspec.json.encode({"type": "outcome", "id": f"o{i}", "ts": T0 + 1 + i, "model": "m",
+                                          "attributes": {"a": a, "b": b}, "output": 0, "label": int(rng.random() < p)}))
+    return lines
+
+
+def _pin_config(batch_size: int, **submissions):
+    from tests.conftest import make_config
+
+    return make_config(slices={"dimensions": ["a", "b"], "combinations": [["a"], ["b"]], "min_samples": 100},
+                       metrics={"names": ["error_rate"]},
+                       baseline={"reference": {"outcomes": 2000}, "min_outcomes": 200},
+                       replay={"batch_size": batch_size}, submissions=submissions)
+
+
+def test_a_confirmed_group_is_pinned_as_a_slice_whatever_the_batches() -> None:
+    """The confirmed group becomes a tracked slice from the outcome after the deciding one: its own
+    drift (baseline from the slices containing it) and disparity detectors, at the pinned share of
+    the false-alarm budget; the same alerts and table whatever the batch size."""
+    from monitor import kernel as K
+    from monitor.engine import Engine
+    from monitor.table import slice_table
+
+    lines = _pin_lines(seed=8)
+    results = []
+    for batch_size in (37, 100_000):
+        engine = Engine(_pin_config(batch_size))
+        alerts = engine.feed_many(lines) + engine.drain()
+        records = engine.bounty.take_records()
+        results.append(([a.to_dict() for a in alerts], slice_table(engine)["slices"], records))
+    assert results[0] == results[1]
+    alerts, rows, records = results[0]
+    (final,) = [r for r in records if r["status"] != "pending"]
+    assert final["status"] == "confirmed"
+    (group,) = [r for r in rows if r["slice"] == {"group": "a = x and b = y"}]
+    decided = next(i for i, line in enumerate(lines[1:]) if msgspec.json.decode(line)["ts"] == _ts(final["decided"]))
+    after = sum(1 for line in lines[decided + 2:]
+                if msgspec.json.decode(line)["attributes"] == {"a": "x", "b": "y"})
+    assert group["n"] == after  # every group outcome after the deciding one, and only those
+    a_x = next(r for r in rows if r["slice"] == {"a": "x"})
+    b_y = next(r for r in rows if r["slice"] == {"b": "y"})
+    assert group["baseline_source"] == "inherited" and group["baseline"] == max(a_x["baseline"], b_y["baseline"])
+    fired = {a["kind"] for a in alerts if a["slice"] == {"group": "a = x and b = y"} and a["state"] == "firing"}
+    assert fired == {"submission", "drift", "disparity"}  # the confirmation first, then its own detectors
+    engine = Engine(_pin_config(1000))
+    assert engine.h_pinned == pytest.approx(engine.h_fire + math.log(16))
+    engine.feed_many(lines)
+    engine.flush()
+    sid = engine.slices.find_slice("m", {"group": "a = x and b = y"})
+    assert engine.st[sid, K.F.H] == engine.h_pinned and engine.st[0, K.F.H] == engine.h_fire
+    # off: confirmed, not tracked, and the declared slices get the whole budget
+    engine = Engine(_pin_config(1000, pin=False))
+    engine.feed_many(lines)
+    engine.drain()
+    assert engine.bounty.counts()["confirmed"] == 1 and engine.slices.pinned == 0
+    assert engine.h_fire < Engine(_pin_config(1000)).h_fire
+
+
+def test_a_drift_claim_is_tested_against_the_groups_baseline() -> None:
+    """Drift for a group inside a worse-than-average value is judged against that value's baseline,
+    not the model's: a = x errs 30% from the start (so does its group), the model about 20%."""
+    import random
+
+    from monitor.engine import Engine
+
+    rng = random.Random(2)
+    lines = [msgspec.json.encode({"type": "submission", "id": "d", "ts": T0, "model": "m", "submitter": "org-x",
+                                  "group": "a = x and b = y", "claim": {"kind": "drift", "metric": "error_rate",
+                                                                        "min_gap": 0.05},
+                                  "budget": {"max_outcomes": 3000, "deadline": "30d"}})]
+    for i in range(20_000):
+        a, b = rng.choice("xz"), rng.choice("yw")
+        lines.append(msgspec.json.encode({"type": "outcome", "id": f"o{i}", "ts": T0 + 1 + i, "model": "m",
+                                          "attributes": {"a": a, "b": b}, "output": 0,
+                                          "label": int(rng.random() < (0.3 if a == "x" else 0.1))}))
+    engine = Engine(_pin_config(1000))
+    engine.feed_many(lines)
+    engine.drain()
+    (final,) = [r for r in engine.bounty.take_records() if r["status"] != "pending"]
+    assert 0.3 <= final["baseline"] < 0.34  # a = x's own (reference estimate + margin), not the model's 0.2
+    # (against the model's baseline, 0.3 > 0.2 + 0.05 would have been confirmed)
+    assert final["status"] in ("not_confirmed", "refuted") and final["n"] >= 500
+
+
+def _ts(text: str) -> float:
+    from monitor.events import parse_ts
+
+    return parse_ts(text)
