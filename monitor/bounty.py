@@ -80,11 +80,13 @@ class Hypothesis:
     n: int = 0  # group outcomes counted
     estimate: float | None = None  # of the gap
     baseline: float | None = None  # drift: what the group is compared with
+    joined: list[tuple[str, str]] = field(default_factory=list)  # (submitter, submission id), in order
 
     def record(self) -> dict[str, Any]:
         s = self.sub
         return {"type": "verdict", "hypothesis": s.hypothesis, "submissions": list(self.submissions),
-                "submitters": list(self.submitters), "credited": s.submitter, "model": s.model, "group": s.group,
+                "submitters": list(self.submitters), "credited": s.submitter,
+                "joined": [{"submitter": who, "id": sid} for who, sid in self.joined], "model": s.model, "group": s.group,
                 "group_text": to_text(s.group), "claim": {"kind": s.kind, "metric": s.metric, "min_gap": s.min_gap},
                 "status": self.status, "e_value": self.e_value, "threshold": 1.0 / self.level,
                 "interval": list(self.interval) if self.interval is not None else None,
@@ -120,13 +122,6 @@ class BountyBook:
             out[h.status] += 1
         return out
 
-    def find(self, submission_id: str) -> Hypothesis | None:
-        """The hypothesis a submission id belongs to (the first submitter's, if several used it)."""
-        for (_, sid), hyp in self.by_submission.items():
-            if sid == submission_id:
-                return self.hypotheses[hyp]
-        return None
-
     def submit(self, sub: Submission) -> Hypothesis:
         """A valid submission: its hypothesis (a duplicate joins the existing test; a submitter
         re-sending an id it used gets what it had)."""
@@ -143,6 +138,7 @@ class BountyBook:
             if sub.kind == "drift" and self.reference_closed(sub.model):
                 self._start_drift(h, sub.ts)
         h.submissions.append(sub.id)
+        h.joined.append((sub.submitter, sub.id))
         if sub.submitter not in h.submitters:
             h.submitters.append(sub.submitter)
         self.by_submission[(sub.submitter, sub.id)] = sub.hypothesis
@@ -309,7 +305,8 @@ class BountyBook:
                                 "submissions": h.submissions, "submitters": h.submitters, "status": h.status,
                                 "decided_at": h.decided_at, "e_value": h.e_value,
                                 "interval": list(h.interval) if h.interval is not None else None,
-                                "watch": h.watch, "n": h.n, "estimate": h.estimate, "baseline": h.baseline}
+                                "watch": h.watch, "n": h.n, "estimate": h.estimate, "baseline": h.baseline,
+                                "joined": [list(j) for j in h.joined]}
                                for h in self.hypotheses.values()]}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -324,7 +321,7 @@ class BountyBook:
             self.hypotheses[sub.hypothesis] = Hypothesis(
                 sub, d["level"], claim, list(d["submissions"]), list(d["submitters"]), d["status"], d["decided_at"],
                 d["e_value"], interval, d.get("watch", -1), d.get("n", claim.n if claim is not None else 0),
-                d.get("estimate"), d.get("baseline"))
+                d.get("estimate"), d.get("baseline"), [(who, sid) for who, sid in d.get("joined", [])])
         self.by_submission = {(who, sid): hyp for who, sid, hyp in state.get("by_submission", [])}
         self.finished = [self.hypotheses[k] for k in state.get("finished", [])]
         self.confirmed = []

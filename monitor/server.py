@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from monitor.auth import RateLimiter, TokenStore
 from monitor.exposition import SliceCollector
-from monitor.submissions import SubmissionError, parse_submission
+from monitor.submissions import Submission, SubmissionError, parse_submission
 
 
 @dataclass
@@ -66,6 +66,8 @@ class Intake:
     cap: float = 1.0  # metrics.error_cap: no claimed gap can reach it
     #: accepted here, not yet in a published snapshot: they count against max_active at once
     accepted: dict[str, set[str]] = field(default_factory=dict)
+    #: submission id → (submitter, hypothesis) of those accepted here (processed ones are in the snapshot)
+    claimed: dict[str, tuple[str, str]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # request threads share the limits
 
     def active(self, submitter: str, snapshot: dict[str, Any]) -> int:
@@ -75,6 +77,30 @@ class Intake:
         mine = self.accepted.setdefault(submitter, set())
         mine -= seen
         return len(mine) + sum(1 for r in records if r["status"] == "pending" and submitter in r["submitters"])
+
+    def conflict(self, submitter: str, sub: Submission, snapshot: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        """Why this submission cannot be taken as new, if so: its id is another submitter's (409);
+        the submitter used it for another claim (409); it was received already (200, nothing
+        changes); or its hypothesis was decided already (409: joining it would earn no credit)."""
+        records = snapshot.get("submissions", [])
+        owners = {j["id"]: (j["submitter"], r["hypothesis"]) for r in records for j in r.get("joined", [])}
+        for known in owners.keys() & self.claimed.keys():  # processed: the snapshot has them now
+            del self.claimed[known]
+        owner = owners.get(sub.id) or self.claimed.get(sub.id)
+        if owner is not None:
+            if owner[0] != submitter:
+                return 409, {"error": f"submission id {sub.id!r} is taken: choose another", "path": "$.id"}
+            if owner[1] != sub.hypothesis:
+                return 409, {"error": f"you used submission id {sub.id!r} for another claim: choose another id",
+                             "path": "$.id"}
+            found = [r for r in records if r.get("hypothesis") == sub.hypothesis]
+            return 200, {"id": sub.id, "hypothesis": sub.hypothesis, "status": "received already",
+                         "verdict": found[0] if found else None}
+        decided = [r for r in records if r.get("hypothesis") == sub.hypothesis and r["status"] != "pending"]
+        if decided:
+            return 409, {"error": f"this hypothesis was decided already ({decided[0]['status']})",
+                         "verdict": decided[0]}
+        return None
 
 
 class Server:
@@ -203,9 +229,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(403, {"error": f"this token may not submit for model {sub.model!r}", "path": "$.model"})
             return
         with intake.lock:
-            active = intake.active(submitter.name, self.app.collector.snapshot() or {})
-            if active < intake.max_active:
+            snapshot = self.app.collector.snapshot() or {}
+            conflict = intake.conflict(submitter.name, sub, snapshot)
+            active = intake.active(submitter.name, snapshot)
+            if conflict is None and active < intake.max_active:
                 intake.accepted[submitter.name].add(sub.id)
+                intake.claimed[sub.id] = (submitter.name, sub.hypothesis)
+        if conflict is not None:
+            self._json(*conflict)
+            return
         if active >= intake.max_active:
             self._json(429, {"error": f"{active} of your submissions are still pending (at most {intake.max_active})"})
             return
@@ -217,6 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # noqa: BLE001 - the broker's error, whatever it is, is a 503
             with intake.lock:
                 intake.accepted[submitter.name].discard(sub.id)
+                intake.claimed.pop(sub.id, None)
             self._json(503, {"error": f"the submission could not be stored: {type(exc).__name__}; try again"})
             return
         self._json(202, {"id": sub.id, "hypothesis": sub.hypothesis, "status": "accepted",

@@ -299,7 +299,7 @@ def test_a_submission_through_the_api_gets_its_verdict_and_keeps_it_after_kill_9
     daemon = DaemonProcess(broker, topics, tmp_path / "state", f"g-{tmp_path.name}")
     daemon.env.update({"LASTMILE__KAFKA__TOPICS__SUBMISSIONS": subs, "LASTMILE__SUBMISSIONS__TOKENS": "{env: LM_TOKENS}",
                        "LM_TOKENS": f"submitters: [{{name: org-x, token: {token}, models: [asr-en]}}]",
-                       "LM_TOKEN": token})
+                       "LM_TOKEN": token, "LASTMILE__SUBMISSIONS__BURST": "14"})
     daemon.start()
     deadline = time.monotonic() + 60
     while daemon.get("/readyz")[0] != 200 and time.monotonic() < deadline:
@@ -315,19 +315,55 @@ def test_a_submission_through_the_api_gets_its_verdict_and_keeps_it_after_kill_9
                     "--group", "noise = ward-b", "--min-gap", "0.03", "--deadline", "2d"]) == 0
     finally:
         del os.environ["LM_TOKEN"]
-    for headers, body, status in (({}, b"{}", 401), ({"Authorization": "Bearer wrong-token-0123456789"}, b"{}", 401),
-                                  ({"Authorization": f"Bearer {token}"}, b"x" * 20_000, 413),
-                                  ({"Authorization": f"Bearer {token}"}, b'{"id": "deep", "model": "asr-en", '
-                                   b'"group": ' + b'{"not": ' * 50 + b'{"dim": "noise", "eq": "x"}' + b"}" * 50
-                                   + b', "claim": {"kind": "disparity", "min_gap": 0.03}}', 400)):
-        request = urllib.request.Request(f"{url}/v1/submissions", data=body, headers=headers)
+    def raw_post(body: bytes, auth: str | None = f"Bearer {token}") -> tuple[int, dict]:
+        request = urllib.request.Request(f"{url}/v1/submissions", data=body,
+                                         headers={"Authorization": auth} if auth else {})
         try:
-            urllib.request.urlopen(request, timeout=5)
-            got = 202
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as err:
-            got = err.code
-            assert token not in err.read().decode()
-        assert got == status, (headers.keys(), got)
+            text = err.read().decode()
+            assert token not in text
+            return err.code, {**json.loads(text or "{}"), "retry_after": err.headers.get("Retry-After")}
+
+    def sub(sid: str, group: object, **extra: object) -> bytes:
+        return json.dumps({"id": sid, "model": "asr-en", "group": group,
+                           "claim": {"kind": "disparity", "min_gap": 0.03}, **extra}).encode()
+
+    pwned = tmp_path / "pwned"
+    hostile = [  # (body, authorization, status, JSON path of the problem for a 400)
+        (b"{}", None, 401, None), (b"{}", "Bearer wrong-token-0123456789", 401, None),
+        (b"{}", f"Basic {token}", 401, None),
+        (sub("other", "noise = x", model="other-model"), ..., 403, None),
+        (b"x" * 20_000, ..., 413, None),
+        (b'{"id": "deep", "model": "asr-en", "group": ' + b'{"not": ' * 50 + b'{"dim": "noise", "eq": "x"}'
+         + b"}" * 50 + b', "claim": {"kind": "disparity", "min_gap": 0.03}}', ..., 400, "$.group"),
+        (sub("wide", {"any": [{"dim": "noise", "eq": f"v{i}"} for i in range(40)]}), ..., 400, "$.group"),
+        (sub("colour", "colour = red"), ..., 400, "$.group"),
+        (sub("snowman", "noise = \"" + "\u2603" * 300 + "\""), ..., 400, "$.group"),
+        (sub("as-y", "noise = x", submitter="org-y"), ..., 400, "$.submitter"),
+        (b'{"id": "nul\\u0000", "model": "asr-en"}', ..., 400, "$.id"),
+        # hostile strings are plain values, matched literally: accepted as data, never run
+        (sub("fmt", 'noise = "%s%n{0.__class__.__mro__}"'), ..., 202, None),
+        (sub("code", f"noise = \"__import__('os').system('touch {pwned}')\""), ..., 202, None),
+        (sub("redos", 'noise = "(a+)+$"'), ..., 202, None),
+    ]
+    accepted = 1  # "ward"
+    for body, auth, status, path in hostile:
+        got, out = raw_post(body, f"Bearer {token}" if auth is ... else auth)
+        assert got == status, (body[:80], got, out)
+        if status == 400:
+            assert out["path"].startswith(path), (body[:80], out)
+        accepted += got == 202
+    assert not pwned.exists()
+    # the rate limit: a burst, then 429 with Retry-After, and nothing appended for it
+    for i in range(12):
+        got, out = raw_post(sub(f"burst-{i}", f"noise = burst-{i}"))
+        if got == 429:
+            break
+        assert got == 202, out
+        accepted += 1
+    assert got == 429 and int(out["retry_after"]) >= 1
     assert token not in daemon.log.read_text()
     # traffic predicted after the submission (the server stamps it with its own clock)
     lines = list(SpeechScenario(outcomes=40_000, seed=27, malformed=0.0, start_ts=time.time() + 5).events())
@@ -345,7 +381,12 @@ def test_a_submission_through_the_api_gets_its_verdict_and_keeps_it_after_kill_9
     assert first.get("status") == "confirmed", (first, daemon.log.read_text()[-2000:])
     assert first["submitters"] == ["org-x"] and first["n"] >= 50 and first["e_value"] >= first["threshold"]
     _, table = daemon.get("/v1/slices")
-    assert table["pipeline"]["events"].get("submission") == 1  # refused requests appended nothing
+    assert table["pipeline"]["events"].get("submission") == accepted  # refused requests appended nothing
+    assert table["pipeline"]["invalid"].get("bad_submission", 0) == 0
+    # the confirmed group is tracked as a slice of its own from then on
+    pinned = daemon.wait(lambda b: any(r["slice"] == {"group": "noise = ward-b"} for r in b["slices"]), 120,
+                         "the pinned slice")
+    assert pinned["decision"]["threshold_log_arl_pinned"] > pinned["decision"]["threshold_log_arl"]
     time.sleep(2)  # a checkpoint (every 1s) covers the verdict
     daemon.kill9()
     daemon.start()

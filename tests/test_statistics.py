@@ -140,4 +140,8 @@ def test_budget_accounts_for_every_detector_an_outcome_touches() -> None:
     cfg = make_config(slices=GRID, metrics={"names": ["error_rate", "fpr", "fnr"], "positive_class": 1})
     assert detectors_per_outcome(cfg) == 4 * 3 + 3 * 3
     engine = Engine(cfg)
-    assert engine.h_fire == pytest.approx(math.log(21e6))
+    # 21 declared increments, plus 2 × 3 for each pinned bias-bounty group, which shares 1/16 of its part
+    assert engine.h_fire == pytest.approx(math.log(27e6)) and engine.h_pinned == pytest.approx(math.log(27e6 * 16))
+    unpinned = make_config(slices=GRID, metrics={"names": ["error_rate", "fpr", "fnr"], "positive_class": 1},
+                           submissions={"pin": False})
+    assert Engine(unpinned).h_fire == pytest.approx(math.log(21e6))

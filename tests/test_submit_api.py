@@ -137,3 +137,25 @@ def test_reading_verdicts(api) -> None:
         body = json.loads(resp.read())
         assert resp.status == status, (path, body)
     assert body["error"].startswith("no such submission")
+
+
+def test_ids_belong_to_their_submitter_and_a_decided_hypothesis_earns_no_credit(api) -> None:
+    server, appended, _, collector = api
+    status, first, _ = post(server, {**GOOD, "id": "c1"})
+    assert status == 202
+    # another submitter cannot take the id (or shadow the verdict others read under it)
+    status, out, _ = post(server, {**GOOD, "id": "c1"}, token=TOKEN_Y)
+    assert status == 409 and out["path"] == "$.id" and len(appended) == 1
+    # the same submission again is not a second one; the same id for another claim is refused
+    status, out, _ = post(server, {**GOOD, "id": "c1"})
+    assert status == 200 and out["status"] == "received already" and len(appended) == 1
+    status, out, _ = post(server, {**GOOD, "id": "c1", "claim": {**GOOD["claim"], "min_gap": 0.1}})
+    assert status == 409 and out["path"] == "$.id" and len(appended) == 1
+    # once decided, copying the group from the public verdicts earns nothing: 409 with the verdict
+    verdict = {"hypothesis": first["hypothesis"], "status": "confirmed", "submitters": ["org-x"],
+               "submissions": ["c1"], "joined": [{"submitter": "org-x", "id": "c1"}], "credited": "org-x"}
+    collector.publish({"slices": [], "alerts": [], "pipeline": {}, "submissions": [verdict]})
+    status, out, _ = post(server, {**GOOD, "id": "copy"}, token=TOKEN_Y)
+    assert status == 409 and out["verdict"]["credited"] == "org-x" and len(appended) == 1
+    status, out, _ = post(server, {**GOOD, "id": "c1"}, token=TOKEN_Y)  # still taken, now from the snapshot
+    assert status == 409 and out["path"] == "$.id" and not server.intake.claimed
