@@ -233,6 +233,9 @@ class SubmissionsConfig(_Strict):
     max_active: int = Field(20, ge=1)
     #: a group with fewer outcomes than this by its deadline is ``untestable``
     min_outcomes: int = Field(100, ge=1)
+    #: an accepted submission's test starts this many seconds after the API took it (its ``ts``):
+    #: the daemon has read it by then, so it counts the same outcomes a replay of the topics does
+    start_delay: float = Field(10.0, ge=0, le=3600)
     #: a confirmed group becomes a tracked slice (``{group: <text>}``) with its own drift and
     #: disparity detectors; a share of the false-alarm budget is kept for these slices
     pin: bool = True
@@ -259,6 +262,10 @@ class KafkaConfig(_Strict):
     session_timeout: Duration = 10.0
     #: pause partitions whose event time runs this far ahead of the slowest partition with data
     max_event_time_skew: Duration = 3600.0
+    #: a partition with nothing new to read stops holding back event time after this long; until
+    #: then its last event time bounds what reaches the detectors, so that events produced while
+    #: the others are being read still go through in event-time order (as replay's)
+    idle_partition: Duration = 5.0
     #: passed to kafka-python unchanged (security_protocol, sasl_mechanism, sasl_plain_username,
     #: sasl_plain_password, ssl_cafile, ssl_certfile, ssl_keyfile, client_id, ...)
     client: dict[str, Any] = Field(default_factory=dict)

@@ -122,6 +122,7 @@ class Daemon:
         self.engine = Engine(cfg, ordered=True, wall_clock=time.time)
         self.positions: dict[Any, int] = {}  # TopicPartition → next offset to process
         self.last_ts: dict[Any, float] = {}
+        self._active_at: dict[Any, float] = {}  # TopicPartition → when it last gave messages (daemon clock)
         self.lag: dict[Any, int] = {}
         self.paused: set[Any] = set()
         self.stopping = False
@@ -215,7 +216,7 @@ class Daemon:
         return Intake(tokens, RateLimiter(sub.rate_per_minute, sub.burst, time.monotonic), self._append_submission,
                       self.engine.slices.dimensions, self.engine.metrics,
                       frozenset(models) if models is not None else None, sub.max_body_bytes, sub.max_active,
-                      cap=self.cfg.error_cap())
+                      cap=self.cfg.error_cap(), start_delay=sub.start_delay)
 
     def _append_submission(self, event: bytes) -> None:
         """From the HTTP thread: durable on the submissions topic before the API answers 202."""
@@ -334,6 +335,9 @@ class Daemon:
 
     def _process(self, batch: dict[Any, list[Any]]) -> None:
         if not batch:
+            if self.engine.held or self.engine.held_submissions:  # partitions may have gone idle since
+                self._dirty = True
+                self._release()
             return
         self._dirty = True
         started = self.clock()
@@ -355,17 +359,11 @@ class Daemon:
                 self._dead_letter(messages[i], reason)
             recent.extend(flags)
             self.positions[tp] = messages[-1].offset + 1
+            self._active_at[tp] = started
             self.messages[(tp.topic, "valid")] += len(messages) - len(bad)
             if bad:
                 self.messages[(tp.topic, "invalid")] += len(bad)
-        horizon = self._event_time_horizon()
-        self._emit(engine.release(horizon))
-        self._emit(engine.flush())
-        # submissions whose model went quiet: decide at their deadline once nothing earlier can come
-        self._emit(engine.expire_submissions(min(horizon, engine.watermark)))
-        for record in engine.bounty.take_records():  # the API serves the current ones
-            log.info("lastmile: VERDICT %s %s for %s (%s, submitted by %s)", record["status"], record["hypothesis"],
-                     record["group_text"], record["model"], ", ".join(record["submitters"]))
+        self._release()
         self.batch_seconds = self.clock() - started
         if len(recent) == recent.maxlen and sum(recent) > limit.ratio * len(recent):
             raise InvalidLimitExceeded(
@@ -374,18 +372,36 @@ class Daemon:
                 f"events.fields; nothing after the last checkpoint was committed, so the events are read again "
                 f"once the config is fixed.")
 
+    def _release(self) -> None:
+        """What the event-time horizon has passed goes to the detectors."""
+        engine = self.engine
+        horizon = self._event_time_horizon()
+        self._emit(engine.release(horizon))
+        self._emit(engine.flush())
+        # submissions whose model went quiet: decide at their deadline once nothing earlier can come
+        self._emit(engine.expire_submissions(min(horizon, engine.watermark)))
+        for record in engine.bounty.take_records():  # the API serves the current ones
+            log.info("lastmile: VERDICT %s %s for %s (%s, submitted by %s)", record["status"], record["hypothesis"],
+                     record["group_text"], record["model"], ", ".join(record["submitters"]))
+
     def _event_time_horizon(self) -> float:
         """No outcome earlier than this can still arrive: the least event time over partitions with
-        messages left to read (each partition is in event-time order), or +inf when all are caught up.
-        Unknown (no fetch answered yet, or nothing valid read from a partition that is behind): -inf."""
+        messages left to read or read recently (each partition is in event-time order; one caught
+        up may receive more at any moment, until it has been idle for ``kafka.idle_partition``), or
+        +inf when all are idle. Unknown (no fetch answered yet, or nothing valid read from a
+        partition that is behind): -inf."""
         horizon = math.inf
+        now = self.clock()
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             if high is None:
                 return -math.inf
             pos = self.positions.get(tp)
-            if pos is not None and pos >= high or pos is None and high == 0:
-                continue  # caught up
+            if pos is not None and pos >= high or pos is None and high == 0:  # caught up
+                if now - self._active_at.get(tp, -math.inf) >= self.cfg.kafka.idle_partition or tp not in self.last_ts:
+                    continue
+                horizon = min(horizon, self.last_ts[tp])
+                continue
             ts = self.last_ts.get(tp)
             if ts is None:
                 return -math.inf

@@ -102,6 +102,9 @@ class Engine:
         self.cfg = cfg
         self.ordered = ordered
         self._held: list[tuple[float, str, Outcome]] = []  # heap of outcomes awaiting release
+        #: heap of submissions awaiting release: they register in event-time order among the outcomes
+        self._held_subs: list[tuple[float, str, str, int, Submission]] = []  # (ts, submitter, id, seq, ·)
+        self._sub_seq = 0
         self.last_event_ts: float | None = None  # of the last valid event of the last feed_many
         self.scorer = Scorer(cfg.metrics)
         self.decoder = Decoder(cfg.events, unscorable=self.scorer.unscorable, submission=self._parse_submission)
@@ -345,7 +348,7 @@ class Engine:
                 continue
             if type(ev) is Submission:
                 if submissions:
-                    alerts += self._submit(ev)
+                    alerts += self._accept_submission(ev)
                 else:
                     invalid["bad_submission"] += 1
                     if on_invalid is not None:
@@ -406,7 +409,7 @@ class Engine:
     def feed_event(self, ev: Event | Submission) -> list[Alert]:
         """One decoded event that passed :meth:`screen`."""
         if type(ev) is Submission:
-            return self._submit(ev)
+            return self._accept_submission(ev)
         assert isinstance(ev, Event)
         self.events[ev.kind] += 1
         self.last_event_ts = ev.ts
@@ -428,7 +431,11 @@ class Engine:
         The caller promises that no outcome earlier than ``upto`` is still to come (a watermark).
         """
         alerts: list[Alert] = []
-        held = self._held
+        held, subs = self._held, self._held_subs
+        while subs and subs[0][0] < upto:  # a submission goes before the outcomes of its time and after
+            while held and held[0][0] < subs[0][0]:
+                alerts += self.add_outcome(heapq.heappop(held)[2])
+            alerts += self._submit(heapq.heappop(subs)[-1])
         while held and held[0][0] < upto:
             alerts += self.add_outcome(heapq.heappop(held)[2])
         return alerts
@@ -448,6 +455,10 @@ class Engine:
     @property
     def held(self) -> int:
         return len(self._held)
+
+    @property
+    def held_submissions(self) -> int:
+        return len(self._held_subs)
 
     def add_outcome(self, o: Outcome) -> list[Alert]:
         try:
@@ -485,11 +496,21 @@ class Engine:
         return parse_submission(obj, dimensions=self.slices.dimensions, metrics=self.metrics, cap=self.cfg.error_cap(),
                                 models=frozenset(models) if models is not None else None)
 
+    def _accept_submission(self, sub: Submission) -> list[Alert]:
+        """A valid submission: with ``ordered``, held to register in event-time order, after every
+        outcome earlier than its time and before every later one, so that its e-LOND level (the
+        discoveries before it) and what it counts do not depend on when it was read."""
+        self.events["submission"] += 1
+        if self.ordered:
+            self._sub_seq += 1  # (orders exact duplicates, which the book then merges)
+            heapq.heappush(self._held_subs, (sub.ts, sub.submitter, sub.id, self._sub_seq, sub))
+            return []
+        return self._submit(sub)
+
     def _submit(self, sub: Submission) -> list[Alert]:
         """A submission joins the tests after every outcome routed before it has gone through
         (so its e-LOND level does not depend on batch sizes); outcomes predicted before it never
         count for it."""
-        self.events["submission"] += 1
         alerts = self.flush()
         h = self.bounty.submit(sub)
         if h.status == "pending" and h.watch < 0:
@@ -672,6 +693,7 @@ class Engine:
             "bounty": self.bounty.state(),
             "remembered": [[m, c, list(v), first, bases] for (m, c, v), (first, bases) in self._remembered.items()],
             "held": msgspec.msgpack.encode([o for _, _, o in self._held]),
+            "held_submissions": [entry[-1].to_dict() for entry in sorted(self._held_subs, key=lambda e: e[:4])],
         }
         return data, {"st": self.st[:n].copy(), "det": self.det[:n].copy()}
 
@@ -697,6 +719,10 @@ class Engine:
         self._remembered = {(m, c, tuple(v)): (first, bases) for m, c, v, first, bases in data.get("remembered", [])}
         self._held = [(o.ts, o.id, o) for o in msgspec.msgpack.decode(data["held"], type=list[Outcome])]
         heapq.heapify(self._held)
+        subs = (Submission.from_dict(d) for d in data.get("held_submissions", []))
+        self._held_subs = [(sub.ts, sub.submitter, sub.id, i, sub) for i, sub in enumerate(subs)]
+        heapq.heapify(self._held_subs)
+        self._sub_seq = len(self._held_subs)
         self.slices.restore(data["slices"])
         n = data["rows"]
         self.st, self.det = K.new_rows(max(n, 64), len(LAMBDAS))

@@ -14,10 +14,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from monitor.config import load_config
 from monitor.engine import Engine
+from monitor.events import parse_ts
 from monitor.replay import replay
 from monitor.simulate import SpeechScenario
 from monitor.table import slice_table
@@ -367,6 +369,8 @@ def test_a_submission_through_the_api_gets_its_verdict_and_keeps_it_after_kill_9
     assert token not in daemon.log.read_text()
     # traffic predicted after the submission (the server stamps it with its own clock)
     lines = list(SpeechScenario(outcomes=40_000, seed=27, malformed=0.0, start_ts=time.time() + 5).events())
+    # each partition in event-time order (the daemon's watermark assumes it; replay sorts the file)
+    lines.sort(key=lambda line: parse_ts(msgspec.json.decode(line)["ts"]))
     produce(broker.bootstrap, topics, lines)
 
     def verdict() -> dict:
@@ -395,6 +399,19 @@ def test_a_submission_through_the_api_gets_its_verdict_and_keeps_it_after_kill_9
         time.sleep(0.5)
     again = verdict()
     assert again["status"] == "confirmed" and again["decided"] == first["decided"] and again["n"] == first["n"]
+    # a replay of the same events (the submissions topic included) reaches the same verdicts
+    submitted = [m.value for m in read_topic(broker.bootstrap, subs, accepted)]
+    assert len(submitted) == accepted
+    path = tmp_path / "all.jsonl"
+    path.write_bytes(b"\n".join(submitted + lines) + b"\n")
+    engine = Engine(load_config(ROOT / "config" / "asr.yaml"))
+    replay(engine, [path], progress=False)
+
+    def verdicts(records: list[dict]) -> dict:
+        return {r["hypothesis"]: (r["status"], r["n"], r["decided"], r["e_value"], r["joined"]) for r in records}
+
+    final = daemon.wait(lambda b: b["pipeline"]["outcomes"] == engine.outcomes, 120, "every outcome")
+    assert verdicts(final["submissions"]) == verdicts(slice_table(engine)["submissions"])
     assert daemon.terminate() == 0
 
 
