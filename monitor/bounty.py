@@ -17,8 +17,8 @@ feeds the claims; the verdict is decided (:func:`monitor.bounty_stats.decide`) a
 group outcome, at the budget and at the deadline — points fixed by the data, not by batching,
 so replay and a restored checkpoint reach the same verdicts. A confirmation reports the
 position in the batch from which the group is *pinned* as a tracked slice (the engine's side).
-(The daemon registers a submission when it reads it: outcomes of the group it already processed
-by then, e.g. under consumer lag, are not counted.) The first verdict other than ``pending``
+(The engine registers submissions in event-time order among the outcomes, so the daemon and a
+replay of its topics count the same outcomes and give the same levels.) The first verdict other than ``pending``
 is final, and a final hypothesis keeps only its numbers, not its e-process.
 """
 

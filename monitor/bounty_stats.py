@@ -209,7 +209,13 @@ class GapCS:
     (-0.1, 0.9)
     """
 
-    def __init__(self, lo: float, hi: float, step: float = 0.0025, lambdas: Sequence[float] = LAMBDAS):
+    def __init__(self, lo: float, hi: float, step: float = 0.0025, lambdas: Sequence[float] = LAMBDAS,
+                 points: Sequence[float] = (), settle_alpha: float | None = None):
+        """``points``: values of the gap tested exactly besides the grid (a claim's ``min_gap``,
+        so that "the gap is below it" is decided at the claim's own value, whatever the step).
+        ``settle_alpha``: intervals are asked for at levels ``>= settle_alpha`` only; a grid
+        value rejected at that level stays rejected, so its wealth is no longer updated (most
+        of the grid, once the interval has narrowed)."""
         if not hi > lo:
             raise ValueError(f"need lo < hi, got {lo}, {hi}")
         if not 0 < step < hi - lo:
@@ -218,12 +224,17 @@ class GapCS:
         self.lambdas = _as_lambdas(lambdas)
         n_pts = int(math.ceil((self.hi - self.lo) / self.step)) - 1
         grid = self.lo + self.step * np.arange(1, n_pts + 1)
-        self.grid = grid[grid < self.hi]
+        self.points = tuple(float(p) for p in points if self.lo < p < self.hi)
+        self.grid = np.union1d(grid[grid < self.hi], self.points)
         g, k = self.grid.size, self.lambdas.size
         self._low: FloatArray = np.zeros((g, k))  # log-wealth of the nulls θ <= γ
         self._up: FloatArray = np.zeros((g, k))  # log-wealth of the nulls θ >= γ
         self._low_max = np.zeros(g)
         self._up_max = np.zeros(g)
+        self.settle_alpha = settle_alpha
+        self._settled = math.log(2.0 / settle_alpha) if settle_alpha is not None else math.inf
+        self._low_live = np.arange(g)  # grid positions still updated, per direction
+        self._up_live = np.arange(g)
         self.sum_a = 0.0
         self.sum_w = 0.0
         self.n = 0
@@ -233,14 +244,22 @@ class GapCS:
         """Point estimate Σa / Σw (nan before any units)."""
         return self.sum_a / self.sum_w if self.sum_w > 0 else float("nan")
 
-    def _run(self, z: FloatArray, logw: FloatArray, running_max: FloatArray) -> None:
-        mix: FloatArray | None = None
-        for j, lm in enumerate(self.lambdas):
-            path = logw[:, j] + np.cumsum(np.log1p(lm * z), axis=0)  # (T, G)
-            logw[:, j] = path[-1]
-            mix = path if mix is None else np.logaddexp(mix, path)
-        assert mix is not None
-        np.maximum(running_max, np.max(mix, axis=0) - math.log(self.lambdas.size), out=running_max)
+    def _gain(self, z: FloatArray) -> FloatArray:
+        """Log-wealth gained over the increments ``z`` (T, G), per grid value and λ: (G, K)."""
+        return np.stack([np.log1p(lm * z).sum(axis=0) for lm in self.lambdas], axis=1)
+
+    def _mark(self) -> None:
+        """The mixtures' running maxima take in their values now. Ville's inequality holds for the
+        supremum over all times, so the maximum over the times the interval is asked for (the
+        verdict's decision points) keeps the coverage, at a fraction of the cost of tracking
+        every step."""
+        log_k = math.log(self.lambdas.size)
+        for logw, running in ((self._low, self._low_max), (self._up, self._up_max)):
+            top = logw.max(axis=1)
+            mix = top + np.log(np.exp(logw - top[:, None]).sum(axis=1)) - log_k
+            np.maximum(running, mix, out=running)
+        self._low_live = np.flatnonzero(self._low_max < self._settled)
+        self._up_live = np.flatnonzero(self._up_max < self._settled)
 
     def update(self, a: float | ArrayLike, w: float | ArrayLike, m: float | ArrayLike, chunk: int = 512) -> None:
         aa = np.atleast_1d(np.asarray(a, dtype=np.float64)).ravel()
@@ -251,21 +270,28 @@ class GapCS:
         slack = 1e-9 * (np.abs(self.lo) + np.abs(self.hi) + 1) * ww
         if np.any(aa < self.lo * ww - slack) or np.any(aa > self.hi * ww + slack):
             raise ValueError("excess a outside [lo·w, hi·w]")
-        gam = self.grid[None, :]
+        low_live, up_live = self._low_live, self._up_live
+        g_low, g_up = self.grid[None, low_live], self.grid[None, up_live]
         for s in range(0, aa.size, chunk):
             a_, w_, m_ = aa[s:s + chunk, None], ww[s:s + chunk, None], mm[s:s + chunk, None]
-            z_low = np.maximum((a_ - gam * w_) / ((gam - self.lo) * m_), -1.0)
-            z_up = np.maximum((gam * w_ - a_) / ((self.hi - gam) * m_), -1.0)
-            self._run(z_low, self._low, self._low_max)
-            self._run(z_up, self._up, self._up_max)
+            if low_live.size:
+                z_low = np.maximum((a_ - g_low * w_) / ((g_low - self.lo) * m_), -1.0)
+                self._low[low_live] += self._gain(z_low)
+            if up_live.size:
+                z_up = np.maximum((g_up * w_ - a_) / ((self.hi - g_up) * m_), -1.0)
+                self._up[up_live] += self._gain(z_up)
         self.sum_a += float(np.sum(aa))
         self.sum_w += float(np.sum(ww))
         self.n += int(aa.size)
 
     def interval(self, alpha: float = 0.05) -> tuple[float, float]:
-        """``(lower, upper)`` containing θ at all times with probability ``>= 1 - alpha``."""
+        """``(lower, upper)`` containing θ at all times with probability ``>= 1 - alpha``: at every
+        time it is asked for (and it only narrows between them)."""
         if not 0 < alpha < 1:
             raise ValueError("alpha must lie in (0, 1)")
+        if self.settle_alpha is not None and alpha < self.settle_alpha:
+            raise ValueError(f"this sequence gives intervals at levels >= {self.settle_alpha} only")
+        self._mark()
         thr = math.log(2.0 / alpha)
         low_rej = np.flatnonzero(self._low_max >= thr)
         up_rej = np.flatnonzero(self._up_max >= thr)
@@ -275,17 +301,21 @@ class GapCS:
 
     def state(self) -> dict[str, Any]:
         return {"lo": self.lo, "hi": self.hi, "step": self.step, "lambdas": self.lambdas.tolist(),
-                "low": self._low.tolist(), "up": self._up.tolist(), "low_max": self._low_max.tolist(),
-                "up_max": self._up_max.tolist(), "sum_a": self.sum_a, "sum_w": self.sum_w, "n": self.n}
+                "points": self.points, "settle_alpha": self.settle_alpha, "low": self._low.tolist(),
+                "up": self._up.tolist(), "low_max": self._low_max.tolist(), "up_max": self._up_max.tolist(),
+                "sum_a": self.sum_a, "sum_w": self.sum_w, "n": self.n}
 
     @classmethod
     def restore(cls, state: dict[str, Any]) -> GapCS:
-        cs = cls(state["lo"], state["hi"], state["step"], state["lambdas"])
+        cs = cls(state["lo"], state["hi"], state["step"], state["lambdas"], state.get("points", ()),
+                 state.get("settle_alpha"))
         cs._low = np.asarray(state["low"], dtype=np.float64).reshape(cs.grid.size, cs.lambdas.size)
         cs._up = np.asarray(state["up"], dtype=np.float64).reshape(cs.grid.size, cs.lambdas.size)
         cs._low_max = np.asarray(state["low_max"], dtype=np.float64)
         cs._up_max = np.asarray(state["up_max"], dtype=np.float64)
         cs.sum_a, cs.sum_w, cs.n = float(state["sum_a"]), float(state["sum_w"]), int(state["n"])
+        cs._low_live = np.flatnonzero(cs._low_max < cs._settled)
+        cs._up_live = np.flatnonzero(cs._up_max < cs._settled)
         return cs
 
 
@@ -380,7 +410,9 @@ class _Claim:
         self.min_gap, self.cap, self.max_units = float(min_gap), float(cap), float(max_units)
         self._lo = lo
         self.eprocess = EProcess(lambdas)
-        self.cs = GapCS(lo, hi, cs_step, lambdas) if cs_step is not None else None
+        # verdicts ask for 95% intervals only (decide's interval_alpha): settled values stop costing
+        self.cs = GapCS(lo, hi, cs_step, lambdas, points=(min_gap,), settle_alpha=0.05) if cs_step is not None \
+            else None
         self.n = 0  # group outcomes seen since the submission
 
     def _feed(self, a: FloatArray, w: FloatArray, m: FloatArray) -> None:
@@ -427,7 +459,7 @@ class DriftClaim(_Claim):
     kind = "drift"
 
     def __init__(self, baseline: float, min_gap: float, *, cap: float = 1.0, max_units: float = 1.0,
-                 cs_step: float | None = 0.0025, lambdas: Sequence[float] = LAMBDAS):
+                 cs_step: float | None = 0.01, lambdas: Sequence[float] = LAMBDAS):
         if not 0 <= baseline < cap:
             raise ValueError("baseline must lie in [0, cap)")
         self.baseline = float(baseline)
@@ -461,7 +493,7 @@ class DisparityClaim(_Claim):
     kind = "disparity"
 
     def __init__(self, min_gap: float, *, cap: float = 1.0, max_units: float = 1.0,
-                 cs_step: float | None = 0.0025, lambdas: Sequence[float] = LAMBDAS):
+                 cs_step: float | None = 0.01, lambdas: Sequence[float] = LAMBDAS):
         super().__init__(min_gap, cap, max_units, -cap, cap, cs_step, lambdas)
         self._carry: _Carry = _EMPTY
         self.blocks = 0
@@ -634,7 +666,7 @@ def decide(eprocess: _Evidence, level: float, n: int, budget_max_outcomes: int, 
         with every confirmation ever made, the expected share of confirmed claims that are false
         is at most e-LOND's α.
     ``refuted``
-        the anytime-valid interval's upper end for the gap is below ``min_gap``: the gap is
+        the anytime-valid interval for the gap excludes ``min_gap`` and all above it: the gap is
         smaller than claimed (a true claim is refuted with probability at most ``interval_alpha/2``).
     ``untestable``
         the deadline passed (or the budget is smaller than the minimum) with fewer than
@@ -659,7 +691,7 @@ def decide(eprocess: _Evidence, level: float, n: int, budget_max_outcomes: int, 
     e_value = math.exp(min(log_e, 700.0))
     if log_e >= math.log(threshold):
         return Verdict("confirmed", e_value, threshold, interval, n)
-    if interval is not None and interval[1] < min_gap:
+    if interval is not None and interval[1] <= min_gap:  # (min_gap itself rejected: the gap is below it)
         return Verdict("refuted", e_value, threshold, interval, n)
     if deadline_passed or n >= budget_max_outcomes:
         status: Status = "untestable" if n < min_outcomes_for_testability else "not_confirmed"

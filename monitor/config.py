@@ -231,6 +231,8 @@ class SubmissionsConfig(_Strict):
     burst: int = Field(10, ge=1)
     #: per submitter: submissions still pending at once (429 beyond)
     max_active: int = Field(20, ge=1)
+    #: all submitters together: what the engine tests at once (429 beyond; see README for the cost)
+    max_pending: int = Field(200, ge=1)
     #: a group with fewer outcomes than this by its deadline is ``untestable``
     min_outcomes: int = Field(100, ge=1)
     #: an accepted submission's test starts this many seconds after the API took it (its ``ts``):

@@ -216,7 +216,7 @@ class Daemon:
         return Intake(tokens, RateLimiter(sub.rate_per_minute, sub.burst, time.monotonic), self._append_submission,
                       self.engine.slices.dimensions, self.engine.metrics,
                       frozenset(models) if models is not None else None, sub.max_body_bytes, sub.max_active,
-                      cap=self.cfg.error_cap(), start_delay=sub.start_delay)
+                      max_pending=sub.max_pending, cap=self.cfg.error_cap(), start_delay=sub.start_delay)
 
     def _append_submission(self, event: bytes) -> None:
         """From the HTTP thread: durable on the submissions topic before the API answers 202."""

@@ -62,6 +62,7 @@ class Intake:
     models: frozenset[str] | None = None
     max_body: int = 16384
     max_active: int = 20
+    max_pending: int = 200  # over all submitters: what the engine tests at once stays affordable
     clock: Any = time.time  # the submission's time is the server's: a body cannot backdate its test
     #: seconds after acceptance its test starts: by then it is on the topic, so the daemon reads it
     #: before any outcome it counts (see monitor.engine: submissions register in event-time order)
@@ -235,11 +236,18 @@ class _Handler(BaseHTTPRequestHandler):
             snapshot = self.app.collector.snapshot() or {}
             conflict = intake.conflict(submitter.name, sub, snapshot)
             active = intake.active(submitter.name, snapshot)
-            if conflict is None and active < intake.max_active:
+            everyone = sum(1 for r in snapshot.get("submissions", []) if r["status"] == "pending") + sum(
+                len(ids) for who, ids in intake.accepted.items() if who != submitter.name) + active
+            full = everyone >= intake.max_pending
+            if conflict is None and active < intake.max_active and not full:
                 intake.accepted[submitter.name].add(sub.id)
                 intake.claimed[sub.id] = (submitter.name, sub.hypothesis)
         if conflict is not None:
             self._json(*conflict)
+            return
+        if full and active < intake.max_active:
+            self._json(429, {"error": f"{everyone} submissions are being tested (at most {intake.max_pending}): "
+                                      "try again once some have verdicts"}, {"Retry-After": "600"})
             return
         if active >= intake.max_active:
             self._json(429, {"error": f"{active} of your submissions are still pending (at most {intake.max_active})"})

@@ -159,3 +159,20 @@ def test_ids_belong_to_their_submitter_and_a_decided_hypothesis_earns_no_credit(
     assert status == 409 and out["verdict"]["credited"] == "org-x" and len(appended) == 1
     status, out, _ = post(server, {**GOOD, "id": "c1"}, token=TOKEN_Y)  # still taken, now from the snapshot
     assert status == 409 and out["path"] == "$.id" and not server.intake.claimed
+
+
+def test_the_tests_running_at_once_are_capped_over_all_submitters() -> None:
+    appended: list[bytes] = []
+    collector = SliceCollector()
+    collector.publish({"slices": [], "alerts": [], "submissions": [], "pipeline": {}})
+    intake = Intake(TokenStore.parse(TOKENS), RateLimiter(per_minute=60, burst=5, clock=lambda: 0.0), appended.append,
+                    ("tenant", "accent", "device", "noise"), ("wer",), max_active=3, max_pending=2)
+    server = Server(collector, Health(), "127.0.0.1", 0, intake=intake).start()
+    try:
+        assert post(server, {**GOOD, "id": "x1"})[0] == 202
+        assert post(server, {**GOOD, "id": "y1"}, token=TOKEN_Y)[0] == 202
+        status, out, headers = post(server, {**GOOD, "id": "y2"}, token=TOKEN_Y)
+        assert status == 429 and "being tested" in out["error"] and headers["Retry-After"] == "600"
+        assert len(appended) == 2
+    finally:
+        server.close()

@@ -1,6 +1,6 @@
 """Figures for the bias-bounty statistics (:mod:`monitor.bounty_stats`).
 
-    python -m tests.bench.bounty_stats [--fdr-seeds 30] [--power-runs 200]
+    python -m tests.bench.bounty_stats [--fdr-seeds 30] [--power-runs 200] [--pending 0 20 200]
 
 Seeded; prints one line per figure. tests/test_bounty_stats.py asserts the same claims with fewer
 seeds.
@@ -88,12 +88,53 @@ def power(runs: int) -> None:
                       f"median {q[0]:.0f}, p80 {q[1]:.0f}, p90 {q[2]:.0f} | fixed-sample z-test n80 {n80:.0f}, n90 {n90:.0f}")
 
 
+def engine_cost(pending: list[int], outcomes: int = 100_000, wide: bool = False) -> None:
+    """What pending submissions cost the engine: lines/s with 0, 20, 200 hypotheses under test
+    (distinct groups over the declared dimensions, none decided within the run)."""
+    import msgspec
+
+    from monitor.config import load_config
+    from monitor.engine import Engine
+    from monitor.simulate import SpeechScenario
+    from tests.conftest import ROOT
+
+    lines = list(SpeechScenario(outcomes=outcomes, seed=11, malformed=0.0).events())
+    t0 = msgspec.json.decode(lines[0])["ts"]
+    cfg = load_config(ROOT / "config" / "asr.yaml")
+    rng = np.random.default_rng(3)
+    tenants = ["northwind-bank", "acme-callcenter", "city-courts", "radio-kilo"]  # (no gap between them)
+    devices = ["headset", "handset-a"]
+    for k in pending:
+        subs = []
+        for i in range(k):  # groups of about 5% (wide: 50%) of the traffic
+            group = {"all": [{"dim": "tenant", "in": sorted(set(rng.choice(tenants, 2).tolist()))},
+                             {"dim": "noise", "not_in": [f"n{i}"]}]} if wide else \
+                {"all": [{"dim": "tenant", "eq": str(rng.choice(tenants))}, {"dim": "device", "in": devices[:2]},
+                         {"dim": "noise", "not_in": [f"n{i}"]}]}
+            subs.append(msgspec.json.encode({"type": "submission", "id": f"s{i}", "ts": t0, "model": "asr-en",
+                                             "submitter": "bench", "group": group,
+                                             "claim": {"kind": "disparity", "metric": "wer", "min_gap": 0.002},
+                                             "budget": {"max_outcomes": 10**7, "deadline": "300d"}}))
+        engine = Engine(cfg)
+        started = time.perf_counter()
+        engine.feed_many(subs + lines)
+        engine.drain()
+        took = time.perf_counter() - started
+        print(f"engine with {k} {'wide ' if wide else ''}submissions under test: {len(lines) / took:,.0f} lines/s "
+              f"({engine.bounty.counts()}, {len(lines):,} lines)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--pending", type=int, nargs="*", default=[])
     ap.add_argument("--null-runs", type=int, default=2000)
     ap.add_argument("--fdr-seeds", type=int, default=30)
     ap.add_argument("--power-runs", type=int, default=200)
     args = ap.parse_args()
+    if args.pending:
+        engine_cost(args.pending)
+        engine_cost(args.pending[:2], wide=True)
+        return
     nulls(args.null_runs)
     power(args.power_runs)
     fdr(args.fdr_seeds)
