@@ -237,6 +237,19 @@ def test_a_confirmed_group_is_pinned_as_a_slice_whatever_the_batches() -> None:
     engine.flush()
     sid = engine.slices.find_slice("m", {"group": "a = x and b = y"})
     assert engine.st[sid, K.F.H] == engine.h_pinned and engine.st[0, K.F.H] == engine.h_fire
+    # Prometheus: a series of its own, labelled with the group's text
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from monitor.exposition import SliceCollector
+
+    collector = SliceCollector()
+    collector.publish(slice_table(engine))
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    assert 'lastmile_slice_outcomes_total{combination="group",group="a = x and b = y",metric="error_rate",model="m"}' \
+        in text
     # off: confirmed, not tracked, and the declared slices get the whole budget
     engine = Engine(_pin_config(1000, pin=False))
     engine.feed_many(lines)
