@@ -111,6 +111,7 @@ class BountyBook:
         self.records: list[dict[str, Any]] = []  # verdict records not yet handed out
         self.confirmed: list[Hypothesis] = []  # confirmations not yet handed out (to the sinks)
         self.finished: list[Hypothesis] = []  # final since the engine last looked (it stops watching them)
+        self.next_deadline = math.inf  # the earliest deadline of a pending hypothesis
 
     @property
     def pending(self) -> int:
@@ -143,6 +144,8 @@ class BountyBook:
             h.submitters.append(sub.submitter)
         self.by_submission[(sub.submitter, sub.id)] = sub.hypothesis
         self.records.append(h.record())
+        if h.status == "pending":
+            self.next_deadline = min(self.next_deadline, h.sub.deadline)
         return h
 
     def _start_drift(self, h: Hypothesis, at: float) -> bool:
@@ -170,6 +173,7 @@ class BountyBook:
         after the deciding one)."""
         out = []
         models: dict[int, np.ndarray] = {}
+        mark = len(self.records)
         for h in (only if only is not None else list(self.hypotheses.values())):
             if h.status != "pending" or h.claim is None:
                 continue
@@ -187,7 +191,9 @@ class BountyBook:
                 continue
             if at is not None:
                 out.append((at, h))
-        return sorted(out, key=lambda x: x[0])
+        # verdict records in the order they were reached, not the order of the book
+        self.records[mark:] = sorted(self.records[mark:], key=lambda r: (r["decided"] or "", r["hypothesis"]))
+        return sorted(out, key=lambda x: (x[0], x[1].sub.hypothesis))
 
     def _advance(self, h: Hypothesis, b: Batch, model: np.ndarray) -> int | None:
         s, claim = h.sub, h.claim
@@ -223,11 +229,10 @@ class BountyBook:
                 return max(int(late[0]), int(idx[-1]) + 1 if idx.size else 0)
         return None
 
-    def reference_closed_for(self, model: str, batch: Batch, start: int) -> list[tuple[int, Hypothesis]]:
-        """``model``'s reference period closed before outcome ``start`` of the batch: drift claims
-        waiting for their baseline get it and count from there."""
+    def reference_closed_for(self, model: str, at: float, batch: Batch, start: int) -> list[tuple[int, Hypothesis]]:
+        """``model``'s reference period closed at event time ``at``, before outcome ``start`` of the
+        batch: drift claims waiting for their baseline get it and count from there."""
         ready = []
-        at = float(batch.ts[max(start - 1, 0)]) if len(batch.ts) else math.nan
         for h in self.hypotheses.values():
             if h.status == "pending" and h.claim is None and h.sub.model == model and self._start_drift(h, at):
                 ready.append(h)
@@ -237,14 +242,14 @@ class BountyBook:
         """Deadlines the watermark has passed are decided (with every outcome before it in).
         Returns the confirmations."""
         out = []
-        for h in self.hypotheses.values():
-            if h.status == "pending" and watermark > h.sub.deadline:
-                if h.claim is None:
-                    self._final(h, "untestable", h.sub.deadline)
-                else:
-                    self._decide(h, h.claim, h.sub.deadline, deadline_passed=True)
-                    if h.status == "confirmed":
-                        out.append(h)
+        due = [h for h in self.hypotheses.values() if h.status == "pending" and watermark > h.sub.deadline]
+        for h in sorted(due, key=lambda h: (h.sub.deadline, h.sub.hypothesis)):
+            if h.claim is None:
+                self._final(h, "untestable", h.sub.deadline)
+            else:
+                self._decide(h, h.claim, h.sub.deadline, deadline_passed=True)
+                if h.status == "confirmed":
+                    out.append(h)
         return out
 
     def _decide(self, h: Hypothesis, claim: DisparityClaim | DriftClaim, now: float, deadline_passed: bool) -> None:
@@ -260,6 +265,9 @@ class BountyBook:
 
     def _final(self, h: Hypothesis, status: str, at: float) -> None:
         h.status, h.decided_at = status, at
+        if h.sub.deadline <= self.next_deadline:
+            self.next_deadline = min((x.sub.deadline for x in self.hypotheses.values() if x.status == "pending"),
+                                     default=math.inf)
         h.claim = None  # its numbers are kept; the e-process and interval state are not needed any more
         self.records.append(h.record())
         self.finished.append(h)
@@ -325,6 +333,8 @@ class BountyBook:
         self.by_submission = {(who, sid): hyp for who, sid, hyp in state.get("by_submission", [])}
         self.finished = [self.hypotheses[k] for k in state.get("finished", [])]
         self.confirmed = []
+        self.next_deadline = min((h.sub.deadline for h in self.hypotheses.values() if h.status == "pending"),
+                                 default=math.inf)
 
     def take_records(self) -> list[dict[str, Any]]:
         out, self.records = self.records, []

@@ -122,7 +122,8 @@ class Daemon:
         self.engine = Engine(cfg, ordered=True, wall_clock=time.time)
         self.positions: dict[Any, int] = {}  # TopicPartition → next offset to process
         self.last_ts: dict[Any, float] = {}
-        self._active_at: dict[Any, float] = {}  # TopicPartition → when it last gave messages (daemon clock)
+        self._active_at: dict[Any, float] = {}  # TopicPartition → when it last gave valid events (daemon clock)
+        self._last_data = self.clock()  # when a poll last returned messages (or the daemon started)
         self.lag: dict[Any, int] = {}
         self.paused: set[Any] = set()
         self.stopping = False
@@ -266,7 +267,8 @@ class Daemon:
         self.listener.changed = False
         offsets = self._restore()
         assignment = self.consumer.assignment()
-        self.positions, self.last_ts, self.lag = {}, {}, {}
+        self.positions, self.last_ts, self.lag, self._active_at = {}, {}, {}, {}
+        self._last_data = self.clock()  # what was held is read again before anything is released
         self.paused.clear()
         for tp in assignment:
             target = offsets.get(tp.topic, {}).get(tp.partition)
@@ -335,11 +337,16 @@ class Daemon:
 
     def _process(self, batch: dict[Any, list[Any]]) -> None:
         if not batch:
-            if self.engine.held or self.engine.held_submissions:  # partitions may have gone idle since
+            # nothing read for kafka.idle_partition: every partition has gone idle, and what they
+            # held back goes through (only then: between fetches, caught-up partitions may look
+            # finished while more is on its way)
+            if (self.engine.held or self.engine.held_submissions) \
+                    and self.clock() - self._last_data >= self.cfg.kafka.idle_partition:
                 self._dirty = True
                 self._release()
             return
         self._dirty = True
+        self._last_data = self.clock()
         started = self.clock()
         engine = self.engine
         limit = self.cfg.kafka.invalid_limit
@@ -351,15 +358,15 @@ class Daemon:
             self._emit(engine.feed_many([m.value if m.value is not None else b"" for m in messages],
                                         on_invalid=partial(_note, bad),
                                         submissions=tp.topic == self.cfg.kafka.topics.submissions))
-            if engine.last_event_ts is not None:
+            if engine.last_event_ts is not None:  # valid events: junk alone does not keep a partition active
                 self.last_ts[tp] = engine.last_event_ts
+                self._active_at[tp] = started
             flags = [False] * len(messages)
             for i, reason in bad:
                 flags[i] = True
                 self._dead_letter(messages[i], reason)
             recent.extend(flags)
             self.positions[tp] = messages[-1].offset + 1
-            self._active_at[tp] = started
             self.messages[(tp.topic, "valid")] += len(messages) - len(bad)
             if bad:
                 self.messages[(tp.topic, "invalid")] += len(bad)
@@ -392,7 +399,10 @@ class Daemon:
         partition that is behind): -inf."""
         horizon = math.inf
         now = self.clock()
-        for tp in self.consumer.assignment():
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return -math.inf  # (re)joining the group: nothing is known about any partition
+        for tp in assignment:
             high = self.consumer.highwater(tp)
             if high is None:
                 return -math.inf

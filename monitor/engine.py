@@ -23,14 +23,14 @@ from monitor import kernel as K
 from monitor.alerts import Alert, fingerprint
 from monitor.bounty import Batch, BountyBook, Hypothesis
 from monitor.baselines import Baselines, Lineage
-from monitor.config import Config, DecisionConfig, ReferenceOutcomes, ReferenceTime
+from monitor.config import PINNED_DIMENSION, Config, DecisionConfig, ReferenceOutcomes, ReferenceTime
 from monitor.edetector import LAMBDAS
 from monitor.events import Decoder, Event, InvalidEvent, parse_ts
 from monitor.future import FutureGuard
 from monitor.join import Joiner, Outcome
 from monitor.scoring import Scorer, ScoreError
 from monitor.kernel import F
-from monitor.predicate import Tree
+from monitor.predicate import Tree, to_text
 from monitor.slices import SliceIndex, SliceKey
 from monitor.submissions import Submission, parse_submission
 
@@ -425,19 +425,34 @@ class Engine:
             return []
         return self.add_outcome(outcome)
 
-    def release(self, upto: float) -> list[Alert]:
+    def release(self, upto: float, final: bool = False) -> list[Alert]:
         """Held outcomes with event time before ``upto`` go on to the detectors, in (ts, id) order.
 
         The caller promises that no outcome earlier than ``upto`` is still to come (a watermark).
+        Held submissions register in the same order, before the outcomes of their time, once an
+        event at or after their time has been read (or at the end of input: ``final``); a
+        submission's deadline is decided before anything later goes through. So what a test
+        counts, and the discoveries made before each submission, are fixed by event time alone.
         """
         alerts: list[Alert] = []
-        held, subs = self._held, self._held_subs
-        while subs and subs[0][0] < upto:  # a submission goes before the outcomes of its time and after
-            while held and held[0][0] < subs[0][0]:
+        held, subs, book = self._held, self._held_subs, self.bounty
+        sub_upto = upto if final else min(upto, self.watermark)
+        if not subs and book.next_deadline >= upto:  # the usual case: outcomes only
+            while held and held[0][0] < upto:
                 alerts += self.add_outcome(heapq.heappop(held)[2])
-            alerts += self._submit(heapq.heappop(subs)[-1])
-        while held and held[0][0] < upto:
-            alerts += self.add_outcome(heapq.heappop(held)[2])
+            return alerts
+        while True:
+            t_o = held[0][0] if held and held[0][0] < upto else math.inf
+            t_s = subs[0][0] if subs and subs[0][0] < sub_upto else math.inf
+            t = min(t_o, t_s)
+            if t == math.inf:
+                break
+            if t > book.next_deadline:
+                alerts += self.expire_submissions(t)
+            if t_s <= t_o:
+                alerts += self._submit(heapq.heappop(subs)[-1])
+            else:
+                alerts += self.add_outcome(heapq.heappop(held)[2])
         return alerts
 
     def drain(self) -> list[Alert]:
@@ -446,7 +461,7 @@ class Engine:
         alerts: list[Alert] = []
         for ev in self.screen_end():
             alerts += self.feed_event(ev)
-        alerts += self.release(math.inf) + self.flush()
+        alerts += self.release(math.inf, final=True) + self.flush()
         for h in self.bounty.expire(self.watermark):
             self._pin(h)
         self._after_verdicts()
@@ -555,7 +570,8 @@ class Engine:
         if not sub.pin or h.watch < 0:
             return -1
         before = self.slices.pinned
-        if before >= sub.max_pinned and self.slices.pinned_slice(h.watch) < 0:
+        if before >= sub.max_pinned and self.slices.pinned_slice(h.watch) < 0 \
+                and self.slices.find_slice(h.sub.model, {PINNED_DIMENSION: to_text(h.sub.group)}) < 0:
             log.warning("submission %s confirmed, but %d groups are pinned already (submissions.max_pinned): "
                         "not tracked as a slice", h.sub.id, before)
             return -1
@@ -624,7 +640,8 @@ class Engine:
             part, pos, closed = self._run(rows, eu, ts, pos, stop)
             alerts += part
             if closed is not None:  # drift claims waiting for this model's baselines start here
-                pins = sorted(pins + self.bounty.reference_closed_for(closed, batch, pos), key=lambda p: p[0])
+                at = float(self.st[self.slices.find(closed, 0, ()) * len(self.metrics), F.MREF_CLOSED])
+                pins = sorted(pins + self.bounty.reference_closed_for(closed, at, batch, pos), key=lambda p: p[0])
                 continue
             while pins and pins[0][0] <= pos:
                 h = pins.pop(0)[1]
@@ -652,6 +669,10 @@ class Engine:
         closes (returns that model, after setting its baselines) so the caller can act on it."""
         self._init_rows()
         alerts: list[Alert] = []
+        room = 2 * rows.shape[1] * len(self.metrics) + 1  # the kernel needs this much before each outcome
+        if self._out[0].shape[0] < room:
+            self._out = (np.zeros(room, np.int64), np.zeros(room, np.int64), np.zeros(room, np.int64),
+                         np.zeros(room, np.int64), np.zeros((room, 3), np.float64))
         out_i, out_row, out_kind, out_state, out_vals = self._out
         while start < end:
             n_out, start, closed = K.process_batch(self.st, self.det, rows, eu, ts, self.params, self.lambdas, start,
@@ -728,6 +749,9 @@ class Engine:
         self.st, self.det = K.new_rows(max(n, 64), len(LAMBDAS))
         self.st[:n], self.det[:n] = arrays["st"], arrays["det"]
         self._rows_ready = n
+        # thresholds come from this config, not the one the checkpoint was written with
+        pinned = np.repeat([key.combo == self.slices.pin_combo for key in self.slices.keys], len(self.metrics))
+        self.st[:n, F.H] = np.where(pinned[:n], self.h_pinned, self.h_fire)
         self.active = {a["fingerprint"]: Alert(**a) for a in data["active"]}
 
     # ---- where a slice's baseline came from, and alerts --------------------------------------

@@ -74,13 +74,17 @@ class Intake:
     claimed: dict[str, tuple[str, str]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # request threads share the limits
 
-    def active(self, submitter: str, snapshot: dict[str, Any]) -> int:
-        """The submitter's submissions still pending, including those not processed yet."""
+    def load(self, submitter: str, snapshot: dict[str, Any]) -> tuple[int, int]:
+        """Submissions still pending (including those accepted, not processed yet): the
+        submitter's, and everyone's."""
         records = snapshot.get("submissions", [])
         seen = {sid for r in records for sid in r["submissions"]}
+        for ids in self.accepted.values():
+            ids -= seen
         mine = self.accepted.setdefault(submitter, set())
-        mine -= seen
-        return len(mine) + sum(1 for r in records if r["status"] == "pending" and submitter in r["submitters"])
+        pending = [r for r in records if r["status"] == "pending"]
+        own = len(mine) + sum(1 for r in pending if submitter in r["submitters"])
+        return own, len(pending) + sum(len(ids) for ids in self.accepted.values())
 
     def conflict(self, submitter: str, sub: Submission, snapshot: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
         """Why this submission cannot be taken as new, if so: its id is another submitter's (409);
@@ -235,9 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
         with intake.lock:
             snapshot = self.app.collector.snapshot() or {}
             conflict = intake.conflict(submitter.name, sub, snapshot)
-            active = intake.active(submitter.name, snapshot)
-            everyone = sum(1 for r in snapshot.get("submissions", []) if r["status"] == "pending") + sum(
-                len(ids) for who, ids in intake.accepted.items() if who != submitter.name) + active
+            active, everyone = intake.load(submitter.name, snapshot)
             full = everyone >= intake.max_pending
             if conflict is None and active < intake.max_active and not full:
                 intake.accepted[submitter.name].add(sub.id)

@@ -69,6 +69,7 @@ class SliceIndex:
         self._model_watches: dict[str, list[int]] = {}
         self._next_watch = 0
         self.pinned = 0  # groups pinned as slices
+        self._pin_rank: dict[int, int] = {}  # pinned slice id → when it was pinned (routes list them so)
         self.keys: list[SliceKey] = []  # by id; _RETIRED for a retired id not yet reused
         self._ids: dict[SliceKey, int] = {}
         self._admission: dict[tuple[str, int], ValueAdmission] = {}
@@ -107,7 +108,7 @@ class SliceIndex:
                 "retiring": [[sid, k.model, k.combo, list(k.values)] for sid, k in self._retiring],
                 "free": sorted(self._free), "reused": list(self._reused),
                 "watches": [[wid, w.model, w.group, w.sid] for wid, w in self._watches.items()],
-                "next_watch": self._next_watch}
+                "next_watch": self._next_watch, "pin_order": sorted(self._pin_rank, key=self._pin_rank.__getitem__)}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.keys = [SliceKey(m, c, tuple(v)) for m, c, v in state["keys"]]
@@ -132,6 +133,8 @@ class SliceIndex:
             self._add_watch(wid, model, group, sid)
         self._next_watch = state.get("next_watch", 0)
         self.pinned = sum(1 for key in self.keys if key.combo == self.pin_combo)
+        order = state.get("pin_order") or sorted({w.sid for w in self._watches.values() if w.sid >= 0})
+        self._pin_rank = {sid: rank for rank, sid in enumerate(order)}
         self._routes = {}
 
     def _new_admission(self) -> ValueAdmission:
@@ -227,7 +230,8 @@ class SliceIndex:
         if wids:  # groups are judged on the values as they arrived, not as capped
             named = dict(zip(self.dimensions, values))
             hits = [wid for wid in wids if self._watches[wid].member(named)]
-            ids += dict.fromkeys(self._watches[wid].sid for wid in hits if self._watches[wid].sid >= 0)
+            pinned = {self._watches[wid].sid for wid in hits if self._watches[wid].sid >= 0}
+            ids += sorted(pinned, key=self._pin_rank.__getitem__)  # as a pin made mid-batch adds its column
             watched = tuple(wid for wid in hits if self._watches[wid].sid < 0)
         overflowed = OTHER in capped or self.slice_overflow != overflow_before
         if not overflowed and len(self._routes) < _ROUTE_CACHE_MAX:
@@ -266,6 +270,7 @@ class SliceIndex:
         if sid is None:  # (the same group pinned before under another claim: one slice)
             sid = self._new_id(key)
             self.pinned += 1
+            self._pin_rank[sid] = len(self._pin_rank)
         self._watches[wid] = w._replace(sid=sid)
         self._routes.clear()
         return sid

@@ -176,3 +176,20 @@ def test_the_tests_running_at_once_are_capped_over_all_submitters() -> None:
         assert len(appended) == 2
     finally:
         server.close()
+
+
+def test_decided_submissions_free_the_cap_for_everyone() -> None:
+    appended: list[bytes] = []
+    collector = SliceCollector()
+    collector.publish({"slices": [], "alerts": [], "submissions": [], "pipeline": {}})
+    intake = Intake(TokenStore.parse(TOKENS), RateLimiter(per_minute=60, burst=9, clock=lambda: 0.0), appended.append,
+                    ("tenant", "accent", "device", "noise"), ("wer",), max_active=3, max_pending=3)
+    server = Server(collector, Health(), "127.0.0.1", 0, intake=intake).start()
+    try:
+        assert [post(server, {**GOOD, "id": f"y{i}"}, token=TOKEN_Y)[0] for i in range(3)] == [202] * 3
+        assert post(server, {**GOOD, "id": "x0"})[0] == 429  # three under test
+        collector.publish({"slices": [], "alerts": [], "pipeline": {}, "submissions": [
+            {"status": "refuted", "submitters": ["org-y"], "submissions": [f"y{i}"]} for i in range(3)]})
+        assert post(server, {**GOOD, "id": "x0"})[0] == 202  # decided: room again, for anyone
+    finally:
+        server.close()
