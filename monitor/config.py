@@ -10,13 +10,14 @@ checked afterwards by :func:`semantic_problems`. :func:`load_config` raises
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from monitor.sinks import AlertingLinks, DeliveryConfig, Secret, SinkConfig
 
@@ -126,8 +127,11 @@ class AdmissionConfig(_Strict):
 
 class SlicesConfig(_Strict):
     dimensions: list[str] = Field(default_factory=list)
-    #: which combinations of dimensions to track; the whole population ``[]`` is always tracked
+    #: which combinations of dimensions to track; the whole population ``[]`` is always tracked.
+    #: ``auto``: every combination of up to ``max_level`` dimensions (the slice lattice)
     combinations: list[list[str]] = Field(default_factory=list)
+    #: with ``combinations: auto``: the deepest intersections tracked (1, 2 or 3 dimensions)
+    max_level: int = Field(2, ge=1, le=3)
     #: values tracked per model and dimension; beyond it, values are admitted by frequency
     max_values_per_dimension: int = Field(200, ge=1)
     admission: AdmissionConfig = AdmissionConfig()
@@ -136,6 +140,17 @@ class SlicesConfig(_Strict):
     min_samples: int = Field(200, ge=1)
     #: effective number of recent outcomes in the windowed estimate (exponential decay)
     window: int = Field(1000, ge=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lattice(cls, data: Any) -> Any:
+        """``combinations: auto`` becomes the explicit list, by level then in declared order."""
+        if isinstance(data, dict) and data.get("combinations") == "auto":
+            dims, level = data.get("dimensions", []), data.get("max_level", 2)
+            if isinstance(dims, list) and all(isinstance(d, str) for d in dims) and level in (1, 2, 3):
+                data = {**data, "combinations": [list(c) for k in range(1, level + 1)
+                                                 for c in itertools.combinations(dims, k)]}
+        return data
 
 
 class ReferenceOutcomes(_Strict):

@@ -98,3 +98,24 @@ def test_environment_overrides_any_key_and_errors_name_the_variable() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(ROOT / "config" / "asr.yaml", environ={"LASTMILE__JOIN__TTL": "soon"})
     assert "join.ttl (from LASTMILE__JOIN__TTL)" in dict(info.value.problems)
+
+
+def test_the_slice_lattice_and_what_it_costs_the_threshold() -> None:
+    """`combinations: auto` tracks every combination up to max_level; the threshold grows only with
+    the log of the detectors an outcome touches."""
+    from monitor.engine import detectors_per_outcome, thresholds
+
+    dims = ["tenant", "accent", "device", "noise"]
+    counts, fire = [], []
+    for level in (1, 2, 3):
+        cfg = parse_config({"slices": {"dimensions": dims, "combinations": "auto", "max_level": level}})
+        counts.append(len(cfg.slices.combinations))
+        fire.append(thresholds(cfg)[0])
+        assert all(1 <= len(c) <= level for c in cfg.slices.combinations)
+        assert len({frozenset(c) for c in cfg.slices.combinations}) == len(cfg.slices.combinations)
+    assert counts == [4, 4 + 6, 4 + 6 + 4]
+    assert fire[0] < fire[1] < fire[2] < fire[0] + 1.1  # ln((29 + 2) / (9 + 2)) ≈ 1.04, on about 16
+    assert detectors_per_outcome(parse_config({"slices": {"dimensions": dims, "combinations": "auto"}})) == 21
+    with pytest.raises(ConfigError) as err:
+        parse_config({"slices": {"dimensions": dims, "combinations": "auto", "max_level": 4}})
+    assert any(path == "slices.max_level" for path, _ in err.value.problems)
