@@ -138,6 +138,39 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         return 1
 
 
+def _cmd_top(args: argparse.Namespace) -> int:
+    """The worst slices by SliceLine score, from a running daemon or a replay's slice table."""
+    import urllib.error
+    import urllib.request
+
+    from monitor.ranking import top_slices
+
+    try:
+        if args.summary:
+            table = json.loads(Path(args.summary).read_text(encoding="utf-8"))
+        else:
+            with urllib.request.urlopen(args.url.rstrip("/") + "/v1/slices", timeout=30) as resp:
+                table = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        print(f"lastmile top: cannot read the slice table: {exc}", file=sys.stderr)
+        return 1
+    if not isinstance(table, dict) or not isinstance(table.get("slices"), list):
+        print("lastmile top: not a slice table (replay --summary-out, or GET /v1/slices)", file=sys.stderr)
+        return 1
+    ranked = top_slices(table, args.k, metrics=[args.metric] if args.metric else None)
+    print(f"{'score':>7}  {'slice':<44} {'metric':<10} {'n':>8} {'share':>6} {'rate':>6} {'rest':>6} "
+          f"{'window 95% interval':>22}")
+    for e in ranked:
+        desc = ", ".join(f"{k}={v}" for k, v in e["slice"].items())
+        w = e["window"]
+        interval = f"[{w['lower']:.3f},{w['upper']:.3f}]" if w["lower"] is not None else "-"
+        rest = f"{e['rest']:.3f}" if e["rest"] is not None else "-"
+        print(f"{e['score']:7.3f}  {desc[:44]:<44} {e['metric']:<10} {e['n']:>8,} {e['share']:6.1%} "
+              f"{e['value']:6.3f} {rest:>6} {interval:>22}")
+    print("(ranked by SliceLine's score, effect against support: exploration, never an alert)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lastmile", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lastmile {__version__}")
@@ -177,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", default="30d", help="how long to test for (e.g. 30d)")
     p.add_argument("--id", default=None, help="default: a random id")
     p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("top", help="the worst slices by SliceLine score (shown, never alerted on)")
+    p.add_argument("--url", default="http://127.0.0.1:9464", help="a running daemon's HTTP address")
+    p.add_argument("--summary", metavar="PATH", help="a slice table from replay --summary-out instead")
+    p.add_argument("-k", type=int, default=10, help="how many")
+    p.add_argument("--metric", default=None)
+    p.set_defaults(func=_cmd_top)
 
     p = sub.add_parser("demo", help="a seeded speech service with a last-mile incident, no servers needed")
     p.add_argument("--config", default=None, metavar="CFG", help="default: the built-in speech config")

@@ -16,11 +16,13 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from monitor.auth import RateLimiter, TokenStore
 from monitor.exposition import SliceCollector
+from monitor.ranking import MAX_TOP, top_slices
 from monitor.submissions import Submission, SubmissionError, parse_submission
 
 
@@ -172,6 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
             snap = app.collector.snapshot()
             if snap is None:
                 self._json(503, {"error": "no snapshot yet: state is still being restored"})
+            elif path == "/v1/slices" and "?" in self.path:
+                self._top(snap)
             elif path == "/v1/slices":
                 self._json(200, snap)
             elif path == "/v1/alerts":
@@ -187,6 +191,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": f"no such endpoint {path}",
                              "endpoints": ["/metrics", "/healthz", "/readyz", "/v1/slices", "/v1/alerts",
                                            "/v1/submissions"]})
+
+    def _top(self, snap: dict[str, Any]) -> None:
+        """``/v1/slices?top=K[&metric=M]``: the K worst slices by SliceLine score (monitor.ranking)."""
+        query = parse_qs(self.path.split("?", 1)[1], keep_blank_values=True)
+        unknown = sorted(set(query) - {"top", "metric"})
+        if unknown:
+            self._json(400, {"error": f"unknown query parameter {unknown[0][:40]!r} (known: top, metric)",
+                             "path": f"?{unknown[0][:40]}"})
+            return
+        top = query.get("top", ["10"])[-1]
+        if not top.isdigit() or not 1 <= int(top) <= MAX_TOP:
+            self._json(400, {"error": f"top must be an integer from 1 to {MAX_TOP}", "path": "?top"})
+            return
+        metrics = query.get("metric")
+        self._json(200, {"top": top_slices(snap, int(top), metrics=metrics),
+                         "score": "SliceLine: 0.95·(rate/model rate − 1) − 0.05·(model n/n − 1); shown, never "
+                                  "alerted on"})
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         if self.path.split("?", 1)[0] != "/v1/submissions" or self.app.intake is None:

@@ -1,0 +1,76 @@
+"""The SliceLine ranking: the worst slice first, small slices penalised, served and printed, never alerted on."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+
+import msgspec
+
+from monitor.cli import main
+from monitor.engine import Engine
+from monitor.exposition import SliceCollector
+from monitor.ranking import sliceline_score, top_slices
+from monitor.server import Health, Server
+from monitor.table import slice_table
+from tests.conftest import make_config
+
+T0 = 1795514400.0
+
+
+def _table() -> dict:
+    """a = x and b = y errs 40% (about 1/8 of the traffic); a = t is rare (1%) and errs 60%; the rest 10%."""
+    rng = random.Random(4)
+    lines = []
+    for i in range(20_000):
+        a = "t" if rng.random() < 0.01 else rng.choice("xzw")
+        b = rng.choice("yv")
+        p = 0.6 if a == "t" else 0.4 if (a, b) == ("x", "y") else 0.1
+        lines.append(msgspec.json.encode({"type": "outcome", "id": f"o{i}", "ts": T0 + i, "model": "m",
+                                          "attributes": {"a": a, "b": b}, "output": 0,
+                                          "label": int(rng.random() < p)}))
+    engine = Engine(make_config(slices={"dimensions": ["a", "b"], "combinations": "auto", "min_samples": 100},
+                                baseline={"reference": {"outcomes": 2000}, "min_outcomes": 200}))
+    engine.feed_many(lines)
+    engine.drain()
+    return slice_table(engine)
+
+
+def test_the_worst_sizeable_slice_ranks_first_and_tiny_ones_are_penalised() -> None:
+    table = _table()
+    top = top_slices(table, 5)
+    assert top[0]["slice"] == {"a": "x", "b": "y"} and top[0]["score"] > 0 and top[0]["gap"] > 0.25
+    assert [e["score"] for e in top] == sorted((e["score"] for e in top), reverse=True)
+    rare = next(e for e in top_slices(table, 100) if e["slice"] == {"a": "t"})
+    assert rare["value"] > top[0]["value"] and rare["score"] < top[0]["score"]  # worse, but 1% of the traffic
+    assert all(e["slice"] != {} and e["n"] >= 100 for e in top_slices(table, 100))
+    assert sliceline_score(0.1, 0.1, 500, 1000) < 0  # as bad as the model and half of it: not interesting
+
+
+def test_served_and_printed(tmp_path, capsys) -> None:
+    table = _table()
+    collector = SliceCollector()
+    collector.publish(table)
+    server = Server(collector, Health(), "127.0.0.1", 0).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        for path, status in (("/v1/slices?top=3", 200), ("/v1/slices?top=0", 400), ("/v1/slices?top=x", 400),
+                             ("/v1/slices?top=3&evil=%7B%7D", 400), ("/v1/slices?top=2&metric=error_rate", 200)):
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = json.loads(resp.read())
+            assert resp.status == status, (path, body)
+            if path == "/v1/slices?top=3":
+                assert [e["slice"] for e in body["top"]] == [e["slice"] for e in top_slices(table, 3)]
+            if status == 400:
+                assert body["path"].startswith("?")
+        conn.close()
+    finally:
+        server.close()
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    assert main(["top", "--summary", str(path), "-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "a=x, b=y" in out[1] and "never an alert" in out[-1]
+    assert main(["top", "--summary", str(tmp_path / "missing.json")]) == 1
