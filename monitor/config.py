@@ -125,6 +125,21 @@ class AdmissionConfig(_Strict):
     half_life: int = Field(100_000, ge=10)
 
 
+class ProposalsConfig(_Strict):
+    """Groups lastmile proposes itself from the ranking, tested on later outcomes (monitor.proposals)."""
+
+    #: off by default: each proposal takes a place in the e-LOND sequence shared with submitters
+    enabled: bool = False
+    #: propose after every this many outcomes
+    every: int = Field(50_000, ge=1000)
+    #: proposals each time at most
+    count: int = Field(3, ge=1, le=20)
+    #: the gap each proposal claims (default: the model's disparity tolerance)
+    min_gap: float | None = Field(None, gt=0, lt=1)
+    max_outcomes: int = Field(5000, ge=100)
+    deadline: Duration = 30 * 86400.0
+
+
 class SlicesConfig(_Strict):
     dimensions: list[str] = Field(default_factory=list)
     #: which combinations of dimensions to track; the whole population ``[]`` is always tracked.
@@ -132,6 +147,7 @@ class SlicesConfig(_Strict):
     combinations: list[list[str]] = Field(default_factory=list)
     #: with ``combinations: auto``: the deepest intersections tracked (1, 2 or 3 dimensions)
     max_level: int = Field(2, ge=1, le=3)
+    proposals: ProposalsConfig = ProposalsConfig()
     #: values tracked per model and dimension; beyond it, values are admitted by frequency
     max_values_per_dimension: int = Field(200, ge=1)
     admission: AdmissionConfig = AdmissionConfig()

@@ -9,6 +9,7 @@ demo and the Kafka daemon feed it and publish what it returns.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import math
@@ -490,6 +491,9 @@ class Engine:
         self._buf_eu.append(scores)
         self._buf_ts.append(o.ts)
         early, self._early = self._early, []  # from a flush routing asked for (admission)
+        proposals = self.cfg.slices.proposals
+        if proposals.enabled and self.outcomes % proposals.every == 0:  # a point fixed by the data
+            return early + self.flush() + self._propose(o.ts)
         if len(self._buf_ts) >= self.cfg.replay.batch_size:
             return early + self.flush()
         return early
@@ -532,6 +536,30 @@ class Engine:
             h.watch = self.slices.watch(sub.model, sub.group)
         self._tracking = bool(self.bounty.pending)  # the buffers are empty: the lists start aligned
         self._after_verdicts()
+        return alerts
+
+    def _propose(self, ts: float) -> list[Alert]:
+        """The best-ranked untracked groups become submissions of lastmile's own, tested only on
+        outcomes predicted after now (:mod:`monitor.proposals`)."""
+        from monitor.proposals import SUBMITTER, candidates
+        from monitor.table import slice_rows
+
+        cfg = self.cfg.slices.proposals
+        tracked = {frozenset(self.slices.dimensions[d] for d in combo) for combo in self.slices.combos}
+        alerts: list[Alert] = []
+        for model, metric, tree in candidates({"slices": slice_rows(self)}, tracked, cfg.count):
+            gap = cfg.min_gap or self.decision(model, "disparity").tolerance
+            obj = {"id": "proposal", "ts": math.nextafter(ts, math.inf), "model": model, "submitter": SUBMITTER,
+                   "group": tree, "claim": {"kind": "disparity", "metric": metric, "min_gap": gap},
+                   "budget": {"max_outcomes": cfg.max_outcomes, "deadline": cfg.deadline}}
+            try:
+                sub = self._parse_submission(obj)
+            except ValueError as exc:  # e.g. a value the predicate language refuses: not proposed
+                log.info("not proposed (%s): %s", tree, exc)
+                continue
+            if sub.hypothesis in self.bounty.hypotheses:
+                continue
+            alerts += self._submit(dataclasses.replace(sub, id=f"{SUBMITTER}-{sub.hypothesis}"))
         return alerts
 
     def _model_reference_closed(self, model: str) -> bool:
