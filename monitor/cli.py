@@ -90,7 +90,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import run_demo
 
     return run_demo(outcomes=args.outcomes, seed=args.seed, port=args.port, pace=args.seconds,
-                    config_path=args.config)
+                    config_path=args.config, report=args.report or None)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -171,6 +171,20 @@ def _cmd_top(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from monitor.audit import run_audit
+    from monitor.config import ConfigError
+
+    try:
+        return run_audit(args.files, args.config, args.out, progress=None if not args.quiet else False)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"lastmile audit: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lastmile", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lastmile {__version__}")
@@ -211,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", default=None, help="default: a random id")
     p.set_defaults(func=_cmd_submit)
 
+    p = sub.add_parser("audit", help="an HTML report (and its JSON) of an evaluator's data set, by the replay engine")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--config", required=True, metavar="CFG")
+    p.add_argument("--out", default="report.html", metavar="PATH", help="the report; its JSON goes beside it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_audit)
+
     p = sub.add_parser("top", help="the worst slices by SliceLine score (shown, never alerted on)")
     p.add_argument("--url", default="http://127.0.0.1:9464", help="a running daemon's HTTP address")
     p.add_argument("--summary", metavar="PATH", help="a slice table from replay --summary-out instead")
@@ -224,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--port", type=int, default=9464, help="serve /metrics here while running (0: off)")
     p.add_argument("--seconds", type=float, default=15.0, help="pace the stream over about this long (0: flat out)")
+    p.add_argument("--report", default="lastmile-demo-report.html", metavar="PATH",
+                   help="write the audit report here at the end ('' for none)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", help="engine throughput beside JSON decoding, and memory per slice / pending prediction")

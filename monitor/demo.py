@@ -62,7 +62,8 @@ def format_table(table: dict[str, Any], limit: int = 60) -> str:
 
 
 def run_demo(outcomes: int = 200_000, seed: int = 7, port: int = 9464, pace: float = 15.0,
-             config_path: str | None = None, out: Any = None) -> int:
+             config_path: str | None = None, out: Any = None, report: str | None = None) -> int:
+    """``report``: where to write the audit report at the end (None: not written)."""
     out = out or sys.stdout
     try:
         cfg = load_config(config_path) if config_path else builtin_config()
@@ -88,7 +89,10 @@ def run_demo(outcomes: int = 200_000, seed: int = 7, port: int = 9464, pace: flo
           f"half-way, {INCIDENT_TENANT} starts recording on a ward with new equipment (noise={INCIDENT_NOISE})\n",
           file=out)
 
+    seen: list[Alert] = []
+
     def show(alerts: list[Alert]) -> None:
+        seen.extend(alerts)
         for a in alerts:
             print(f"[{a.ts}] {a.state.upper():8} {a.kind:9} {a.summary}", file=out)
 
@@ -122,6 +126,12 @@ def run_demo(outcomes: int = 200_000, seed: int = 7, port: int = 9464, pace: flo
     pages = sum(1 for a in firing if a["explained_by"] is None)
     print(f"\n{len(firing)} alert(s) firing at the end, {pages} of them paging (the rest are grouped under the "
           f"alert that explains them); tracked {p['slices']['tracked']} slices.", file=out)
+    if report:
+        from monitor.audit import build_report, write_report
+
+        path = write_report(build_report(engine, seen, engine.bounty.take_records()), report)
+        print(f"\nthe audit report: {path.resolve()} (open it in a browser; {path.with_suffix('.json').name} "
+              f"beside it has the same content)", file=out)
     if server is not None:
         server.close()
     return 0

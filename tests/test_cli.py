@@ -62,10 +62,11 @@ def test_replay_of_a_missing_file_is_a_clear_error(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_serves_metrics_prints_alerts_and_finishes_in_a_minute() -> None:
+def test_demo_serves_metrics_prints_alerts_and_finishes_in_a_minute(tmp_path) -> None:
     port = free_port()
     started = time.monotonic()
-    proc = subprocess.Popen(LASTMILE + ["demo", "--port", str(port), "--seconds", "10"],
+    report = tmp_path / "demo-report.html"
+    proc = subprocess.Popen(LASTMILE + ["demo", "--port", str(port), "--seconds", "10", "--report", str(report)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     scraped = ""
     try:
@@ -97,6 +98,8 @@ def test_demo_serves_metrics_prints_alerts_and_finishes_in_a_minute() -> None:
     ending = re.search(r"^(\d+) alert\(s\) firing at the end, (\d+) of them paging", out, re.MULTILINE)
     assert ending, out
     assert 0 < int(ending.group(2)) < int(ending.group(1)), ending.group(0)
+    # issue 9: the demo ends with the audit report, and says where it is
+    assert f"the audit report: {report.resolve()}" in out and report.is_file() and report.with_suffix(".json").is_file()
 
 
 def final_slice_table(out: str) -> dict[str, dict[str, str]]:
