@@ -104,8 +104,9 @@ def test_an_undeclared_three_way_intersection_is_proposed_and_confirmed_on_later
     target = {"all": [{"dim": "a", "eq": "x"}, {"dim": "b", "eq": "y"}, {"dim": "c", "eq": "z"}]}
     (found,) = [h for h in mine if h.sub.group == target]
     assert found.status == "confirmed" and found.sub.ts > T0 + 4999  # proposed after the first 5,000, tested after
-    # it is then tracked as a slice of its own
+    # it is then tracked as a slice of its own, and ranks first
     assert engine.slices.find_slice("m", {"group": "a = x and b = y and c = z"}) >= 0
+    assert top_slices(slice_table(engine), 1)[0]["slice"] == {"group": "a = x and b = y and c = z"}
 
 
 def test_what_is_proposed_from_a_small_gap_is_not_confirmed() -> None:
