@@ -19,6 +19,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from monitor.join import LABEL_DELAY_BUCKETS
+from monitor.ranking import top_slices
+
+RANKED = 20  # slices exported with their rank score
 
 _RESERVED = {"model", "metric", "combination", "kind", "reason", "le", "job", "instance", "slice"}
 _BAD = re.compile(r"[^a-zA-Z0-9_]")
@@ -73,6 +76,7 @@ class SliceCollector(Collector):
                                 value=self.series_budget)
         yield GaugeMetricFamily("lastmile_slice_series_dropped", "Per-slice series left out by the budget right now.",
                                 value=(len(snap["slices"]) - len(rows)) * SERIES_PER_ROW)
+        yield _ranking_family(snap)
         yield from _pipeline_families(snap["pipeline"])
         if "daemon" in snap:
             yield from _daemon_families(snap["daemon"])
@@ -112,6 +116,19 @@ def _slice_families(rows: list[dict[str, Any]]) -> Iterator[Any]:
         for kind in row.get("explained_by", {}):
             _add(families["explained"], {**labels, "kind": kind}, 1.0)
     yield from families.values()
+
+
+def _ranking_family(snap: dict[str, Any]) -> Any:
+    """The worst slices by SliceLine score (monitor.ranking): the top ``RANKED`` only, so the
+    series stay few. Shown on the dashboard, never alerted on."""
+    family = GaugeMetricFamily("lastmile_slice_rank_score",
+                               "SliceLine score of the worst slices (effect against support): where to look, "
+                               "never an alert.")
+    for entry in top_slices(snap, RANKED):
+        labels = {"model": entry["model"], "metric": entry["metric"], "combination": combination(entry["slice"])}
+        labels.update({label_name(k): v for k, v in entry["slice"].items()})
+        _add(family, labels, entry["score"])
+    return family
 
 
 def _add(family: Any, labels: dict[str, str], value: float) -> None:

@@ -134,3 +134,20 @@ def test_what_is_proposed_from_a_small_gap_is_not_confirmed() -> None:
     engine.feed_many(_three_way(seed=7, worse=0.1))
     engine.drain()
     assert not [h for h in engine.bounty.hypotheses.values() if h.status == "confirmed"]
+
+
+def test_the_worst_slices_are_exported_for_the_dashboard() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from monitor.exposition import RANKED
+
+    table = _table()
+    collector = SliceCollector()
+    collector.publish(table)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    lines = [line for line in generate_latest(registry).decode().splitlines()
+             if line.startswith("lastmile_slice_rank_score{")]
+    assert 0 < len(lines) <= RANKED
+    assert 'a="x"' in lines[0] and 'b="y"' in lines[0]  # the worst first, as top_slices ranks it
