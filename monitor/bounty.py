@@ -70,8 +70,6 @@ class Hypothesis:
     sub: Submission  # the first submission of this hypothesis: its submitter has the credit
     level: float  # its e-LOND α_t
     claim: DisparityClaim | DriftClaim | None  # drift: None until its baseline is known; None once final
-    submissions: list[str] = field(default_factory=list)  # ids that joined it, the first included
-    submitters: list[str] = field(default_factory=list)
     status: str = "pending"
     decided_at: float | None = None
     e_value: float = 1.0
@@ -81,6 +79,16 @@ class Hypothesis:
     estimate: float | None = None  # of the gap
     baseline: float | None = None  # drift: what the group is compared with
     joined: list[tuple[str, str]] = field(default_factory=list)  # (submitter, submission id), in order
+
+    @property
+    def submissions(self) -> list[str]:
+        """Ids that joined it, the first included."""
+        return [sid for _, sid in self.joined]
+
+    @property
+    def submitters(self) -> list[str]:
+        """Who submitted it, in order, each once (the first has the credit)."""
+        return list(dict.fromkeys(who for who, _ in self.joined))
 
     def record(self) -> dict[str, Any]:
         s = self.sub
@@ -138,10 +146,7 @@ class BountyBook:
             self.hypotheses[sub.hypothesis] = h
             if sub.kind == "drift" and self.reference_closed(sub.model):
                 self._start_drift(h, sub.ts)
-        h.submissions.append(sub.id)
         h.joined.append((sub.submitter, sub.id))
-        if sub.submitter not in h.submitters:
-            h.submitters.append(sub.submitter)
         self.by_submission[(sub.submitter, sub.id)] = sub.hypothesis
         self.records.append(h.record())
         if h.status == "pending":
@@ -306,11 +311,10 @@ class BountyBook:
     # ---- checkpointing: plain data ------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"fdr": self.fdr.state(), "records": list(self.records),
-                "by_submission": [[who, sid, hyp] for (who, sid), hyp in self.by_submission.items()],
                 "finished": [h.sub.hypothesis for h in self.finished],
                 "hypotheses": [{"sub": h.sub.to_dict(), "level": h.level,
                                 "claim": h.claim.state() if h.claim is not None else None,
-                                "submissions": h.submissions, "submitters": h.submitters, "status": h.status,
+                                "status": h.status,
                                 "decided_at": h.decided_at, "e_value": h.e_value,
                                 "interval": list(h.interval) if h.interval is not None else None,
                                 "watch": h.watch, "n": h.n, "estimate": h.estimate, "baseline": h.baseline,
@@ -327,10 +331,10 @@ class BountyBook:
             claim = None if c is None else (DisparityClaim.restore(c) if c["kind"] == "disparity" else DriftClaim.restore(c))
             interval = (float(d["interval"][0]), float(d["interval"][1])) if d["interval"] is not None else None
             self.hypotheses[sub.hypothesis] = Hypothesis(
-                sub, d["level"], claim, list(d["submissions"]), list(d["submitters"]), d["status"], d["decided_at"],
+                sub, d["level"], claim, d["status"], d["decided_at"],
                 d["e_value"], interval, d.get("watch", -1), d.get("n", claim.n if claim is not None else 0),
                 d.get("estimate"), d.get("baseline"), [(who, sid) for who, sid in d.get("joined", [])])
-        self.by_submission = {(who, sid): hyp for who, sid, hyp in state.get("by_submission", [])}
+        self.by_submission = {joined: key for key, h in self.hypotheses.items() for joined in h.joined}
         self.finished = [self.hypotheses[k] for k in state.get("finished", [])]
         self.confirmed = []
         self.next_deadline = min((h.sub.deadline for h in self.hypotheses.values() if h.status == "pending"),

@@ -124,6 +124,8 @@ class Engine:
                                  cfg.submissions.min_outcomes, cfg.error_cap(), cfg.metrics.max_units_per_outcome,
                                  baseline=self._group_baseline, reference_closed=self._model_reference_closed,
                                  population=lambda model: self.slices.find(model, 0, ()))
+        proposals = cfg.slices.proposals
+        self._propose_every = proposals.every if proposals.enabled else 0
         # for the submissions' tests, while any is pending: prediction times and watched groups
         self._tracking = False
         self._buf_pred: list[float] = []
@@ -491,8 +493,7 @@ class Engine:
         self._buf_eu.append(scores)
         self._buf_ts.append(o.ts)
         early, self._early = self._early, []  # from a flush routing asked for (admission)
-        proposals = self.cfg.slices.proposals
-        if proposals.enabled and self.outcomes % proposals.every == 0:  # a point fixed by the data
+        if self._propose_every and self.outcomes % self._propose_every == 0:  # a point fixed by the data
             return early + self.flush() + self._propose(o.ts)
         if len(self._buf_ts) >= self.cfg.replay.batch_size:
             return early + self.flush()

@@ -68,7 +68,6 @@ class SliceIndex:
         self._watches: dict[int, Watch] = {}
         self._model_watches: dict[str, list[int]] = {}
         self._next_watch = 0
-        self.pinned = 0  # groups pinned as slices
         self._pin_rank: dict[int, int] = {}  # pinned slice id → when it was pinned (routes list them so)
         self.keys: list[SliceKey] = []  # by id; _RETIRED for a retired id not yet reused
         self._ids: dict[SliceKey, int] = {}
@@ -132,7 +131,6 @@ class SliceIndex:
         for wid, model, group, sid in state.get("watches", []):
             self._add_watch(wid, model, group, sid)
         self._next_watch = state.get("next_watch", 0)
-        self.pinned = sum(1 for key in self.keys if key.combo == self.pin_combo)
         order = state.get("pin_order") or sorted({w.sid for w in self._watches.values() if w.sid >= 0})
         self._pin_rank = {sid: rank for rank, sid in enumerate(order)}
         self._routes = {}
@@ -269,11 +267,15 @@ class SliceIndex:
         sid = self._ids.get(key)
         if sid is None:  # (the same group pinned before under another claim: one slice)
             sid = self._new_id(key)
-            self.pinned += 1
             self._pin_rank[sid] = len(self._pin_rank)
         self._watches[wid] = w._replace(sid=sid)
         self._routes.clear()
         return sid
+
+    @property
+    def pinned(self) -> int:
+        """Groups pinned as slices."""
+        return len(self._pin_rank)
 
     def pinned_slice(self, wid: int) -> int:
         """The slice a watched group is pinned as, or -1."""

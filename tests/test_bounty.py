@@ -288,3 +288,24 @@ def _ts(text: str) -> float:
     from monitor.events import parse_ts
 
     return parse_ts(text)
+
+
+def test_pinned_groups_stop_at_max_pinned_and_a_group_already_pinned_is_shared() -> None:
+    """Two claims on the same group share its slice; a second group beyond max_pinned = 1 is
+    confirmed but not tracked."""
+    from monitor.engine import Engine
+
+    lines = _pin_lines(seed=8)
+    extra = [msgspec.json.encode({"type": "submission", "id": sid, "ts": T0 + 3001, "model": "m",
+                                  "submitter": "org-y", "group": group,
+                                  "claim": {"kind": "disparity", "metric": "error_rate", "min_gap": gap},
+                                  "budget": {"max_outcomes": 5000, "deadline": "30d"}})
+             for sid, group, gap in (("same-group", "a = x and b = y", 0.05), ("wider", "a = x", 0.05))]
+    engine = Engine(_pin_config(1000, max_pinned=1))
+    engine.feed_many(lines[:1] + extra + lines[1:])
+    engine.drain()
+    status = {h.sub.id: h.status for h in engine.bounty.hypotheses.values()}
+    assert status == {"s1": "confirmed", "same-group": "confirmed", "wider": "confirmed"}, status
+    assert engine.slices.pinned == 1
+    assert engine.slices.find_slice("m", {"group": "a = x and b = y"}) >= 0
+    assert engine.slices.find_slice("m", {"group": "a = x"}) < 0

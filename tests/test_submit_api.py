@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+from contextlib import contextmanager
 
 import pytest
 
@@ -18,18 +19,26 @@ GOOD = {"id": "sub-1", "model": "asr-en", "group": "accent in {scottish, nigeria
         "claim": {"kind": "disparity", "metric": "wer", "min_gap": 0.05}, "budget": {"max_outcomes": 5000}}
 
 
-@pytest.fixture
-def api():
+@contextmanager
+def serving(burst: int = 5, **limits):
+    """A server whose intake appends to a list, on a clock the test moves: (server, appended, now, collector)."""
     appended: list[bytes] = []
     now = [1795514400.0]
     collector = SliceCollector()
     collector.publish({"slices": [], "alerts": [], "submissions": [], "pipeline": {}})
-    intake = Intake(TokenStore.parse(TOKENS), RateLimiter(per_minute=60, burst=5, clock=lambda: now[0]),
-                    appended.append, ("tenant", "accent", "device", "noise"), ("wer",), max_body=4096, max_active=3,
-                    clock=lambda: now[0])
+    intake = Intake(TokenStore.parse(TOKENS), RateLimiter(per_minute=60, burst=burst, clock=lambda: now[0]),
+                    appended.append, ("tenant", "accent", "device", "noise"), ("wer",), clock=lambda: now[0], **limits)
     server = Server(collector, Health(), "127.0.0.1", 0, intake=intake).start()
-    yield server, appended, now, collector
-    server.close()
+    try:
+        yield server, appended, now, collector
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def api():
+    with serving(max_body=4096, max_active=3) as running:
+        yield running
 
 
 def post(server: Server, body: bytes | str | dict, token: str | None = TOKEN_X,
@@ -162,34 +171,25 @@ def test_ids_belong_to_their_submitter_and_a_decided_hypothesis_earns_no_credit(
 
 
 def test_the_tests_running_at_once_are_capped_over_all_submitters() -> None:
-    appended: list[bytes] = []
-    collector = SliceCollector()
-    collector.publish({"slices": [], "alerts": [], "submissions": [], "pipeline": {}})
-    intake = Intake(TokenStore.parse(TOKENS), RateLimiter(per_minute=60, burst=5, clock=lambda: 0.0), appended.append,
-                    ("tenant", "accent", "device", "noise"), ("wer",), max_active=3, max_pending=2)
-    server = Server(collector, Health(), "127.0.0.1", 0, intake=intake).start()
-    try:
+    with serving(max_active=3, max_pending=2) as (server, appended, _, _):
         assert post(server, {**GOOD, "id": "x1"})[0] == 202
         assert post(server, {**GOOD, "id": "y1"}, token=TOKEN_Y)[0] == 202
         status, out, headers = post(server, {**GOOD, "id": "y2"}, token=TOKEN_Y)
         assert status == 429 and "being tested" in out["error"] and headers["Retry-After"] == "600"
         assert len(appended) == 2
-    finally:
-        server.close()
 
 
 def test_decided_submissions_free_the_cap_for_everyone() -> None:
-    appended: list[bytes] = []
-    collector = SliceCollector()
-    collector.publish({"slices": [], "alerts": [], "submissions": [], "pipeline": {}})
-    intake = Intake(TokenStore.parse(TOKENS), RateLimiter(per_minute=60, burst=9, clock=lambda: 0.0), appended.append,
-                    ("tenant", "accent", "device", "noise"), ("wer",), max_active=3, max_pending=3)
-    server = Server(collector, Health(), "127.0.0.1", 0, intake=intake).start()
-    try:
+    with serving(burst=9, max_active=3, max_pending=3) as (server, _, _, collector):
         assert [post(server, {**GOOD, "id": f"y{i}"}, token=TOKEN_Y)[0] for i in range(3)] == [202] * 3
         assert post(server, {**GOOD, "id": "x0"})[0] == 429  # three under test
         collector.publish({"slices": [], "alerts": [], "pipeline": {}, "submissions": [
             {"status": "refuted", "submitters": ["org-y"], "submissions": [f"y{i}"]} for i in range(3)]})
         assert post(server, {**GOOD, "id": "x0"})[0] == 202  # decided: room again, for anyone
-    finally:
-        server.close()
+
+
+def test_a_test_starts_start_delay_after_the_server_accepted_it() -> None:
+    with serving(start_delay=10.0) as (server, appended, now, _):
+        assert post(server, {**GOOD, "ts": "2020-01-01T00:00:00Z"})[0] == 202
+        (event,) = [json.loads(a) for a in appended]
+        assert event["ts"] == now[0] + 10.0
