@@ -114,6 +114,7 @@ class Engine:
         self.slices = SliceIndex(cfg.slices)
         self.slices.busy = self._busy
         self.slices.before_admission = self._flush_before_admission
+        self.slices.outcome_counts = self._slice_outcomes
         self._early: list[Alert] = []  # alerts of a flush made while routing, handed out next
         #: own learned baselines of retired slices (key → first seen, baseline per metric): a value
         #: that fades and comes back keeps what it learned in the reference period
@@ -236,6 +237,13 @@ class Engine:
         n_metrics = len(self.metrics)
         rows = self.st[sid * n_metrics: min((sid + 1) * n_metrics, self._rows_ready)]
         return bool((rows[:, F.DSTATE] > 0).any() or (rows[:, F.PSTATE] > 0).any())
+
+    def _slice_outcomes(self) -> np.ndarray:
+        """Outcomes each slice id has received (the most of any metric's row): what admission of
+        whole slices compares. Rows of reused ids are reset first, so a new slice starts at 0."""
+        self._init_rows()
+        n, n_metrics = len(self.slices), len(self.metrics)
+        return self.st[: n * n_metrics, F.N].reshape(n, n_metrics).max(axis=1)
 
     def _settle(self, ts: float) -> list[Alert]:
         """After a batch: retired slices' ids become reusable, and their own learned baselines are

@@ -192,6 +192,8 @@ def _pipeline_families(p: dict[str, Any]) -> Iterator[Any]:
     yield retired
     yield CounterMetricFamily("lastmile_slice_overflow", "Outcomes whose slice was over max_slices.",
                               value=s["slice_overflow"])
+    yield CounterMetricFamily("lastmile_slices_retired", "Slices that faded and gave up their place under "
+                              "max_slices to a more frequent one.", value=s["slices_retired"])
 
 
 def _daemon_families(d: dict[str, Any]) -> Iterator[Any]:

@@ -4,11 +4,11 @@ A slice is a set of ``dimension = value`` pairs within one model; the whole popu
 ``{}`` is always tracked. Values come from the event's ``tenant`` (the ``tenant``
 dimension) and ``attributes``; a missing one is ``unknown``, never imputed.
 
-Bounds: each model tracks at most ``max_values_per_dimension`` values per dimension, admitted
-by frequency (:mod:`monitor.admission`: a value that becomes frequent late takes the place of
-one that faded, whose slices are retired and their ids recycled), and ``max_slices`` slices in
-total; anything beyond maps to ``__other__`` and is counted, so a flood of new values cannot
-grow memory (or Prometheus series) without bound.
+Bounds: each model tracks at most ``max_values_per_dimension`` values per dimension, and
+``max_slices`` slices in total, both admitted by frequency (:mod:`monitor.admission`: a value or
+a slice that becomes frequent late takes the place of one that faded, which is retired and its
+ids recycled); anything beyond maps to ``__other__`` and is counted, so a flood of new values
+cannot grow memory (or Prometheus series) without bound.
 
 Groups submitted as bias bounties are *watched*: routing tells which pending groups an
 outcome belongs to (memoised with the route, so a predicate runs once per distinct set of
@@ -28,7 +28,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from monitor.admission import ValueAdmission
+import numpy as np
+
+from monitor.admission import SliceAdmission, ValueAdmission
 from monitor.config import PINNED_DIMENSION, SlicesConfig
 from monitor.events import UNKNOWN
 from monitor.predicate import Predicate, Tree, compile_predicate, implied_values, to_text
@@ -82,6 +84,8 @@ class SliceIndex:
         self.value_overflow: Counter[str] = Counter()  # dimension → outcomes mapped to __other__
         self.retired: Counter[str] = Counter()  # dimension → values retired to make room
         self.slice_overflow = 0  # outcomes whose slice was over the cap
+        self.slices_retired = 0  # slices that gave up their place to a more frequent one
+        self._slice_admission = SliceAdmission(cfg.admission.candidates, cfg.admission.min_count)
         self._regular = 0  # slices tracked within the cap
         self._retiring: list[tuple[int, SliceKey]] = []  # retired ids the engine may still have outcomes for
         self._free: list[int] = []  # heap of retired ids ready for reuse
@@ -90,6 +94,8 @@ class SliceIndex:
         self.busy: Callable[[int], bool] = lambda sid: False
         #: called before an admission is decided: the engine runs the outcomes it has buffered
         self.before_admission: Callable[[], None] = lambda: None
+        #: outcomes each slice id has received (the engine's rows): what slice admission compares
+        self.outcome_counts: Callable[[], np.ndarray] = lambda: np.zeros(len(self.keys))
 
     def __len__(self) -> int:
         """Ids in use or retired: the engine's rows; :meth:`live` lists the tracked slices."""
@@ -104,6 +110,7 @@ class SliceIndex:
                 "admission": [[m, d, a.state()] for (m, d), a in self._admission.items()],
                 "ticks": dict(self._ticks), "value_overflow": dict(self.value_overflow),
                 "retired": dict(self.retired), "slice_overflow": self.slice_overflow, "regular": self._regular,
+                "slices_retired": self.slices_retired, "slice_admission": self._slice_admission.state(len(self.keys)),
                 "retiring": [[sid, k.model, k.combo, list(k.values)] for sid, k in self._retiring],
                 "free": sorted(self._free), "reused": list(self._reused),
                 "watches": [[wid, w.model, w.group, w.sid] for wid, w in self._watches.items()],
@@ -123,6 +130,12 @@ class SliceIndex:
         self.value_overflow = Counter(state["value_overflow"])
         self.retired = Counter(state["retired"])
         self.slice_overflow = state["slice_overflow"]
+        self.slices_retired = state.get("slices_retired", 0)
+        if "slice_admission" in state:
+            self._slice_admission.restore(state["slice_admission"])
+        else:  # a checkpoint from before slices were admitted by frequency: counts start from outcomes
+            for sid, key in enumerate(self.keys):
+                self._slice_admission.track(sid, self._evictable(key))
         self._regular = state["regular"]
         self._retiring = [(sid, SliceKey(m, c, tuple(v))) for sid, m, c, v in state["retiring"]]
         self._free, self._reused = list(state["free"]), list(state["reused"])
@@ -138,6 +151,11 @@ class SliceIndex:
     def _new_admission(self) -> ValueAdmission:
         adm = self.cfg.admission
         return ValueAdmission(self.cfg.max_values_per_dimension, adm.candidates, adm.min_count)
+
+    def _evictable(self, key: SliceKey) -> bool:
+        """May this slice give its place to a more frequent one? Not the population, a pinned group
+        or an ``__other__`` slice."""
+        return 0 < key.combo < self.pin_combo and OTHER not in key.values
 
     def _index_values(self, sid: int, key: SliceKey) -> None:
         if 0 < key.combo < self.pin_combo:
@@ -222,7 +240,12 @@ class SliceIndex:
         values = self.values(tenant, attributes)
         overflow_before = self.slice_overflow
         capped = tuple(self._cap_value(model, i, v) for i, v in enumerate(values))
-        ids = [self._slice_id(model, ci, tuple(capped[d] for d in combo)) for ci, combo in enumerate(self.combos)]
+        keys = [SliceKey(model, ci, tuple(capped[d] for d in combo)) for ci, combo in enumerate(self.combos)]
+        mine = [sid for sid in map(self._ids.get, keys) if sid is not None]  # never displaced for a sibling
+        ids: list[int] = []
+        for key in keys:
+            ids.append(sid := self._slice_id(key, mine))
+            mine.append(sid)
         watched: tuple[int, ...] = ()
         wids = self._model_watches.get(model)
         if wids:  # groups are judged on the values as they arrived, not as capped
@@ -346,16 +369,22 @@ class SliceIndex:
     def _retire(self, model: str, dim: int, value: str) -> None:
         """``value`` gives up its place: its slices stop being tracked; their ids are recycled."""
         for sid in self._holding(model, dim, value):
-            key = self.keys[sid]
-            self._retiring.append((sid, key))
-            del self._ids[key]
-            self.keys[sid] = _RETIRED
-            self._regular -= 1
-            for d, v in zip(self.combos[key.combo], key.values):
-                if d != dim:
-                    self._by_value[(model, d, v)].remove(sid)
+            self._retire_slice(sid)
         self._by_value.pop((model, dim, value), None)
         self.retired[self.dimensions[dim]] += 1
+
+    def _retire_slice(self, sid: int) -> None:
+        """Slice ``sid`` stops being tracked; its id is recycled once the engine has run its outcomes."""
+        key = self.keys[sid]
+        self._retiring.append((sid, key))
+        del self._ids[key]
+        self.keys[sid] = _RETIRED
+        self._regular -= 1
+        self._slice_admission.untrack(sid)
+        for d, v in zip(self.combos[key.combo], key.values):
+            held = self._by_value.get((key.model, d, v))
+            if held is not None and sid in held:
+                held.remove(sid)
         self._routes.clear()  # cached routes may hold the retired ids and count cells
 
     def _fade(self, model: str) -> None:
@@ -366,13 +395,20 @@ class SliceIndex:
             adm = self._admission.get((model, d))
             if adm is not None:
                 adm.fade(0.5)
+        self.before_admission()  # the slices' counts are the engine's: every earlier outcome in them
+        sids = [sid for sid, key in enumerate(self.keys) if key.model == model and key.combo >= 0]
+        self._slice_admission.fade(model, sids, self.outcome_counts())
 
-    def _slice_id(self, model: str, combo: int, values: tuple[str, ...]) -> int:
-        key = SliceKey(model, combo, values)
+    def _slice_id(self, key: SliceKey, mine: list[int]) -> int:
+        """The id of a slice of the outcome being routed (``mine``: its other tracked slices)."""
+        model, combo, values = key
         sid = self._ids.get(key)
         if sid is not None:
             return sid
         if self._regular >= self.cfg.max_slices and combo != 0:
+            sid = self._admit_slice(key, mine) if OTHER not in values else -1
+            if sid >= 0:
+                return sid
             self.slice_overflow += 1
             key = SliceKey(model, combo, (OTHER,) * len(values))
             sid = self._ids.get(key)
@@ -381,6 +417,25 @@ class SliceIndex:
         else:
             self._regular += 1
         return self._new_id(key)
+
+    def _admit_slice(self, key: SliceKey, mine: list[int]) -> int:
+        """The cap is full and ``key`` is not tracked: count it, and when it has earned a place,
+        retire the weakest slice (never another of this outcome's) and return the id ``key`` now
+        has; -1 while it has not."""
+        adm = self._slice_admission
+        g = adm.count(key.model, key)
+        if g < adm.bar:
+            return -1
+        self.before_admission()  # decided on the state every earlier outcome left, as for values
+        victim = adm.choose(g, self.outcome_counts(), self.busy, mine)
+        if victim < 0:
+            return -1
+        self._retire_slice(victim)
+        self.slices_retired += 1
+        self._regular += 1  # the place is taken again by the candidate
+        sid = self._new_id(key)
+        adm.admit(key.model, key, sid)
+        return sid
 
     def _new_id(self, key: SliceKey) -> int:
         if self._free:
@@ -392,4 +447,5 @@ class SliceIndex:
             self.keys.append(key)
         self._ids[key] = sid
         self._index_values(sid, key)
+        self._slice_admission.track(sid, self._evictable(key))
         return sid

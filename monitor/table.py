@@ -92,6 +92,7 @@ def slice_table(engine: Engine) -> dict[str, Any]:
                 "value_overflow": dict(engine.slices.value_overflow),
                 "values_retired": dict(engine.slices.retired),
                 "slice_overflow": engine.slices.slice_overflow,
+                "slices_retired": engine.slices.slices_retired,
             },
             "submissions": engine.bounty.counts(),
             "watermark": rfc3339(engine.watermark) if math.isfinite(engine.watermark) else None,

@@ -174,3 +174,86 @@ def test_a_value_that_fades_and_returns_keeps_its_learned_baseline() -> None:
     p = next(r for r in slice_table(engine)["slices"] if r["slice"] == {"a": "p"})
     assert p["baseline_source"] == "reference" and p["baseline"] > 0.28 and not p["new"]
     assert not [a for a in alerts if a.slice == {"a": "p"} and a.kind == "drift"]
+
+
+# ---- whole slices, once max_slices is full ---------------------------------------------------
+_LATTICE = dict(slices={"dimensions": ["a", "b", "c", "d"], "combinations": "auto", "max_level": 3,
+                        "max_slices": 300, "min_samples": 100,
+                        "admission": {"candidates": 200, "min_count": 50, "half_life": 2000}},
+                baseline={"reference": {"outcomes": 4000}, "min_outcomes": 200}, disparity={"enabled": False})
+_DEEP = {"a": "a5", "b": "b5", "c": "c5"}  # the late intersection (d varies)
+
+
+def _lattice_lines(before: int, after: int, seed: int) -> list[bytes]:
+    """Uniform traffic over 6 values per dimension (1,104 possible slices at level 3, cap 300),
+    then a three-way intersection that carries 30 % of outcomes at error rate 0.5 against 0.1."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(before + after):
+        attrs = {dim: f"{dim}{rng.randrange(6)}" for dim in "abcd"}
+        if i >= before and rng.random() < 0.3:
+            attrs.update(_DEEP)
+        p = 0.5 if all(attrs[k] == v for k, v in _DEEP.items()) and i >= before else 0.1
+        out.append(msgspec.json.encode({"type": "outcome", "id": i, "ts": T0 + i, "model": "m", "attributes": attrs,
+                                        "output": 0, "label": int(rng.random() < p)}))
+    return out
+
+
+def test_a_late_frequent_intersection_takes_the_place_of_a_slice_that_faded() -> None:
+    """At lattice level 3 the 300 places fill first come; a three-way intersection that becomes
+    frequent later is admitted, inherits its baseline, and is alerted on; ids stay bounded."""
+    engine = Engine(make_config(**_LATTICE))
+    uniform = _lattice_lines(8000, 0, seed=4)
+    assert not engine.feed_many(uniform[:6000]) and engine.slices.slice_overflow > 0  # the cap is full
+    # the more frequent coarse slices took the places the first three-way slices had: every
+    # one- and two-way slice is tracked, and then places stop changing hands (twice the count)
+    levels = Counter(len(engine.slices.keys[sid].values) for sid in engine.slices.live()
+                     if not engine.slices.is_overflow(sid))
+    assert levels[1] == 4 * 6 and levels[2] == 6 * 36, levels
+    settled = engine.slices.slices_retired
+    assert not engine.feed_many(uniform[6000:]) + engine.drain() and engine.slices.slices_retired == settled
+    engine = Engine(make_config(**_LATTICE))
+    alerts = engine.feed_many(_lattice_lines(8000, 12_000, seed=4)) + engine.drain()
+    deep = next(r for r in slice_table(engine)["slices"] if r["slice"] == _DEEP)
+    assert deep["new"] and deep["baseline_source"] == "inherited"
+    assert any(a.slice == _DEEP and a.kind == "drift" and a.state == "firing" for a in alerts)
+    combos = len(engine.slices.combos)
+    assert len(engine.slices.live()) <= 1 + 300 + combos  # + one __other__ slice per combination
+    assert len(engine.slices) <= 1 + 300 + combos + engine.slices.slices_retired
+    assert len(engine.slices._slice_admission.candidates["m"]) <= 200
+
+
+def test_slice_admission_does_not_depend_on_batches_or_restarts(tmp_path) -> None:
+    lines = _lattice_lines(6000, 6000, seed=7)
+    results = []
+    for batch_size in (61, 100_000):
+        engine = Engine(make_config(**_LATTICE, replay={"batch_size": batch_size}))
+        alerts = engine.feed_many(lines) + engine.drain()
+        results.append(([a.to_dict() for a in alerts], slice_table(engine)["slices"], engine.slices.slices_retired))
+    assert results[0] == results[1] and results[0][2] >= 1
+    store = CheckpointStore(tmp_path)
+    cfg = make_config(**_LATTICE)
+    current, got, start = Engine(cfg), [], 0
+    for cut in (2503, 7001, len(lines)):
+        got += current.feed_many(lines[start:cut]) + current.flush()
+        store.save({"e": {0: cut}}, *current.state())
+        ckpt = store.latest()
+        current = Engine(cfg)
+        current.restore(ckpt.data, ckpt.arrays)
+        start = cut
+    got += current.drain()
+    assert [a.to_dict() for a in got] == results[0][0]
+    assert slice_table(current)["slices"] == results[0][1] and current.slices.slices_retired == results[0][2]
+
+
+def test_a_firing_slice_keeps_its_place() -> None:
+    idx = SliceIndex(SlicesConfig(dimensions=["a", "b"], combinations=[["a"], ["b"], ["a", "b"]], max_slices=4,
+                                  admission={"candidates": 10, "min_count": 20, "half_life": 10_000}))
+    idx.route("m", None, {"a": "p", "b": "x"})  # population, a=p, b=x, (p, x): the cap
+    weakest = idx.find("m", 1, ("p",))
+    idx.busy = lambda sid: sid == weakest
+    for _ in range(25):
+        idx.route("m", None, {"a": "q", "b": "x"})
+    assert idx.find("m", 1, ("q",)) >= 0 and idx.find("m", 1, ("p",)) == weakest
+    assert idx.find("m", 2, ("x",)) >= 0  # (q, x) was routed alongside: kept too
+    assert idx.slices_retired == 1 and idx.find("m", 3, ("p", "x")) == -1  # the weakest not busy gave way

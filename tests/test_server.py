@@ -38,7 +38,8 @@ def test_endpoints(app) -> None:
              "pipeline": {"events": {"prediction": 3}, "invalid": {"bad_json": 1}, "outcomes": 1,
                           "join": {"pending": 2, "expired_unlabelled": 0, "expired_orphan_feedback": 0, "evicted": 0,
                                    "duplicates": {}},
-                          "slices": {"tracked": 1, "value_overflow": {}, "values_retired": {}, "slice_overflow": 0}}}
+                          "slices": {"tracked": 1, "value_overflow": {}, "values_retired": {}, "slice_overflow": 0,
+                                     "slices_retired": 0}}}
     app.collector.publish(table)
     assert json.loads(get(port, "/v1/alerts")[1]) == {"alerts": [{"fingerprint": "f1"}]}
     assert json.loads(get(port, "/v1/slices")[1])["pipeline"]["outcomes"] == 1
@@ -70,7 +71,7 @@ def test_series_budget_keeps_alerting_and_busiest_slices() -> None:
     table = {"slices": rows, "alerts": [], "pipeline": {
         "events": {}, "invalid": {}, "outcomes": 0,
         "join": {"pending": 0, "expired_unlabelled": 0, "expired_orphan_feedback": 0, "evicted": 0, "duplicates": {}},
-        "slices": {"tracked": 100, "value_overflow": {}, "values_retired": {}, "slice_overflow": 0}}}
+        "slices": {"tracked": 100, "value_overflow": {}, "values_retired": {}, "slice_overflow": 0, "slices_retired": 0}}}
     collector = SliceCollector(series_budget=10 * SERIES_PER_ROW)
     collector.publish(table)
     registry = CollectorRegistry()
