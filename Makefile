@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast tools bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/lastmile demo
 
-test: $(VENV)/.installed
+# the Debian tools some tests run (promtool, prometheus, amtool, kubectl, chromium): installed
+# when missing if apt-get may run as root; otherwise .ci/tools says what to install
+tools:
+	@.ci/tools
+
+test: $(VENV)/.installed tools
 	$(BIN)/python -m pytest
 
 test-fast: $(VENV)/.installed
