@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 import msgspec
 import numpy as np
 
-from monitor import kernel as K
+from monitor import rows as K
+from monitor.compiled import kernel, preload
 from monitor.alerts import Alert, fingerprint
 from monitor.bounty import Batch, BountyBook, Hypothesis
 from monitor.baselines import Baselines, Lineage
@@ -30,7 +31,7 @@ from monitor.events import Decoder, Event, InvalidEvent, parse_ts
 from monitor.future import FutureGuard
 from monitor.join import Joiner, Outcome
 from monitor.scoring import Scorer, ScoreError
-from monitor.kernel import F
+from monitor.rows import F
 from monitor.predicate import Tree, to_text
 from monitor.slices import SliceIndex, SliceKey
 from monitor.submissions import Submission, parse_submission
@@ -100,6 +101,7 @@ class Engine:
                  wall_clock: Callable[[], float] | None = None):
         """``wall_clock``: event times are bounded by it (the daemon); without it, by the stream's
         robust watermark (replay). See :mod:`monitor.future`."""
+        preload()  # the compiled kernel loads while the first events are decoded, joined and routed
         self.cfg = cfg
         self.ordered = ordered
         self._held: list[tuple[float, str, Outcome]] = []  # heap of outcomes awaiting release
@@ -711,8 +713,9 @@ class Engine:
             self._out = (np.zeros(room, np.int64), np.zeros(room, np.int64), np.zeros(room, np.int64),
                          np.zeros(room, np.int64), np.zeros((room, 3), np.float64))
         out_i, out_row, out_kind, out_state, out_vals = self._out
+        process_batch = kernel().process_batch  # (loaded in the background since the engine was made)
         while start < end:
-            n_out, start, closed = K.process_batch(self.st, self.det, rows, eu, ts, self.params, self.lambdas, start,
+            n_out, start, closed = process_batch(self.st, self.det, rows, eu, ts, self.params, self.lambdas, start,
                                                    end, out_i, out_row, out_kind, out_state, out_vals)
             for j in range(n_out):
                 alert = self._alert(int(out_row[j]), int(out_kind[j]), int(out_state[j]), out_vals[j],

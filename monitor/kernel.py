@@ -18,7 +18,6 @@ so no per-slice work is done for outcomes outside the slice.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 
@@ -28,103 +27,13 @@ if "NUMBA_CACHE_DIR" not in os.environ:  # a read-only install still gets a comp
     _base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(_home, ".cache") if _writable_home else tempfile.gettempdir())
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(_base, "lastmile-numba")
 
-from enum import IntEnum, auto  # noqa: E402
-
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-# ---- the state layout: named once, read by name everywhere ----------------------------------
-class F(IntEnum):
-    """Columns of a state row (one row per slice × metric). Adding a field is one line here."""
-
-    N = 0  # cumulative outcomes
-    E = auto()  # ... errors
-    U = auto()  # ... units
-    WN = auto()  # exponentially decayed window sums: outcomes, errors, units, squares, cross
-    WE = auto()
-    WU = auto()
-    WE2 = auto()
-    WU2 = auto()
-    WEU = auto()
-    WW = auto()  # decayed sum of squared weights (for the window's standard error)
-    BASE = auto()  # baseline (NaN: none)
-    BSRC = auto()  # where it came from: a Source
-    BANC = auto()  # inherited: the ancestor slice id it came from (-1 otherwise)
-    RN = auto()  # reference-period accumulators: outcomes, errors, units, squares, cross
-    RE = auto()
-    RU = auto()
-    RE2 = auto()
-    RU2 = auto()
-    REU = auto()
-    FIRST = auto()  # event time of the row's first outcome (NaN: none yet)
-    MIN_N = auto()  # per-row settings
-    TOL_D = auto()
-    REL_D = auto()
-    TOL_P = auto()  # < 0: disparity disabled for this model
-    H = auto()  # the fire threshold ln(ARL): its share of the false-alarm budget (see engine.thresholds)
-    REL_P = auto()
-    ALERTABLE = auto()
-    DSTATE = auto()  # 0 ok, 1 firing
-    PSTATE = auto()
-    SMN = auto()  # population / own sums at the last disparity block close
-    SME = auto()
-    SMU = auto()
-    SON = auto()
-    SOE = auto()
-    SOU = auto()
-    CWE = auto()  # decayed complement block sums (the disparity reference)
-    CWU = auto()
-    BLOCKS = auto()
-    # model-level state, kept in the population row of the first metric
-    MREF_SEEN = auto()  # outcomes of the model inside its reference period so far
-    MREF_CLOSED = auto()  # event time the model's reference period closed (NaN: still open)
-
-
-NFIELDS = len(F)
-
-
-class Source(IntEnum):
-    """Where a row's baseline came from (``F.BSRC``)."""
-
-    PENDING = 0  # none yet: the model's reference period is still open
-    FILE = 1  # the baseline file (a service card)
-    REFERENCE = 2  # learned from the model's reference period
-    INHERITED = 3  # the largest of the nearest ancestors' own baselines
-    NONE = 4  # no baseline to be had (or drift is off for the model): never drift-tested
-
-
-SOURCE_NAMES = {Source.FILE: "file", Source.REFERENCE: "reference", Source.INHERITED: "inherited"}
-
+from monitor.rows import NPARAMS, F, P, Ref, Source, new_rows  # noqa: E402
 
 # detector slots
 DRIFT_FIRE, DRIFT_RESOLVE, DISP_FIRE, DISP_RESOLVE = 0, 1, 2, 3
-
-
-class Ref(IntEnum):
-    """How a model's reference period is delimited."""
-
-    NONE = 0
-    OUTCOMES = 1
-    TIME = 2
-
-
-class P(IntEnum):
-    """Entries of the parameter vector."""
-
-    CAP = 0
-    UMAX = auto()
-    GAMMA = auto()
-    HR = auto()
-    RESOLVE = auto()
-    REFMODE = auto()
-    REFN = auto()
-    REFSTART = auto()
-    REFEND = auto()
-    DRIFT = auto()
-    DISP = auto()
-
-
-NPARAMS = len(P)
 
 # transition kinds
 KIND_DRIFT, KIND_DISPARITY = 0, 1
@@ -134,29 +43,7 @@ _PENDING = int(Source.PENDING)
 _REF_NONE, _REF_OUTCOMES, _REF_TIME = int(Ref.NONE), int(Ref.OUTCOMES), int(Ref.TIME)
 
 _EPS = 1e-9
-#: two-sided normal quantile for the windowed estimate's pointwise 95% interval
-_Z95 = 1.959964
 
-
-def window_interval(row: np.ndarray) -> tuple[float, float, float] | None:
-    """A row's windowed estimate and its 95% interval, with outcome-level (clustered) variance."""
-    wu, wn = row[F.WU], row[F.WN]
-    if wu <= 0 or wn <= 0:
-        return None
-    r = row[F.WE] / wu
-    resid = max(row[F.WE2] - 2 * r * row[F.WEU] + r * r * row[F.WU2], 0.0)
-    se = math.sqrt(row[F.WW] * resid / wn) / wu
-    return r, max(r - _Z95 * se, 0.0), r + _Z95 * se
-
-
-def new_rows(count: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    st = np.zeros((count, NFIELDS), dtype=np.float64)
-    st[:, F.BASE] = np.nan
-    st[:, F.BANC] = -1.0
-    st[:, F.FIRST] = np.nan
-    st[:, F.MREF_CLOSED] = np.nan
-    det = np.zeros((count, 4, k), dtype=np.float64)
-    return st, det
 
 
 @numba.njit(cache=True, nogil=True)
@@ -361,3 +248,12 @@ def process_batch(st, det, rows, eu, ts, params, lambdas, start, end, out_i, out
         if n_out > 0:  # the engine reads the state as of this outcome to explain its transitions
             return n_out, i, -1
     return n_out, i, -1
+
+
+def warm() -> None:
+    """Load (or compile) :func:`process_batch` for the argument types the engine passes, on an
+    empty batch: what the first real batch would otherwise wait for."""
+    st, det = new_rows(1, 1)
+    ints = np.zeros(1, np.int64)
+    process_batch(st, det, np.zeros((1, 1), np.int64), np.zeros((1, 1, 2)), np.zeros(1), np.zeros(NPARAMS),
+                  np.ones(1), 0, 0, ints, ints, ints, ints, np.zeros((1, 3)))

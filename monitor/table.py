@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from monitor.kernel import F, window_interval
+from monitor.rows import F, window_interval
 from monitor.alerts import fingerprint, rfc3339
 from monitor.engine import Engine
 
