@@ -30,7 +30,7 @@ from monitor.edetector import LAMBDAS
 from monitor.events import Decoder, Event, InvalidEvent, parse_ts
 from monitor.future import FutureGuard
 from monitor.join import Joiner, Outcome
-from monitor.scoring import Scorer, ScoreError
+from monitor.scoring import Scorer
 from monitor.rows import F
 from monitor.predicate import Tree, to_text
 from monitor.slices import SliceIndex, SliceKey
@@ -351,6 +351,10 @@ class Engine:
         watermark, last_ts = self.watermark, None
         future = self.future
         wall_bound = future.wall_bound() if future.wall_clock is not None else None
+        # joined outcomes go on to scoring and the detectors a run at a time, in order: anything
+        # that must come after them (a submission, events let through by the screen) sends the run first
+        joined: list[Outcome] = []
+        kinds: Counter[str] = Counter()
         for i, raw in enumerate(raws):
             try:
                 ev = decode(raw)
@@ -361,35 +365,43 @@ class Engine:
                 continue
             if type(ev) is Submission:
                 if submissions:
+                    alerts += self._accept_many(joined)
+                    joined = []
                     alerts += self._accept_submission(ev)
                 else:
                     invalid["bad_submission"] += 1
                     if on_invalid is not None:
                         on_invalid(i, "bad_submission")
                 continue
+            ts = ev.ts
             if wall_bound is not None:
-                if ev.ts > wall_bound:
+                if ts > wall_bound:
                     invalid["future_timestamp"] += 1
                     if on_invalid is not None:
                         on_invalid(i, "future_timestamp")
                     continue
-            elif future.held or ev.ts > future.bound:
+            elif future.held or ts > future.bound:
+                alerts += self._accept_many(joined)
+                joined = []
+                events.update(kinds)
+                kinds.clear()
                 self.last_event_ts = last_ts
                 for moved in self.screen(ev):  # often none: held for now, or rejected
                     alerts += self.feed_event(moved)
                 last_ts, watermark = self.last_event_ts, self.watermark
                 continue
             else:
-                future.note(ev.ts)
-            events[ev.kind] += 1
-            last_ts = ev.ts
-            if last_ts > watermark:
-                watermark = self.watermark = last_ts  # the join reads it: keep it current
+                future.note(ts)
+            kinds[ev.kind] += 1
+            last_ts = ts
+            if ts > watermark:
+                watermark = self.watermark = ts  # the join reads it: keep it current
             outcome = join(ev)
             if outcome is not None:
-                alerts += self._accept(outcome)
+                joined.append(outcome)
+        events.update(kinds)
         self.last_event_ts = last_ts
-        return alerts
+        return alerts + self._accept_many(joined)
 
     def screen(self, ev: Event | Submission) -> list[Event | Submission]:
         """The events that may go on now, by :mod:`monitor.future`'s bound on event time: usually
@@ -438,6 +450,17 @@ class Engine:
             return []
         return self.add_outcome(outcome)
 
+    def _accept_many(self, outcomes: list[Outcome]) -> list[Alert]:
+        """:meth:`_accept` for a run of joined outcomes, in order."""
+        if not outcomes:
+            return []
+        if self.ordered:
+            held, push = self._held, heapq.heappush
+            for o in outcomes:
+                push(held, (o.ts, o.id, o))
+            return []
+        return self.add_outcomes(outcomes)
+
     def release(self, upto: float, final: bool = False) -> list[Alert]:
         """Held outcomes with event time before ``upto`` go on to the detectors, in (ts, id) order.
 
@@ -451,9 +474,10 @@ class Engine:
         held, subs, book = self._held, self._held_subs, self.bounty
         sub_upto = upto if final else min(upto, self.watermark)
         if not subs and book.next_deadline >= upto:  # the usual case: outcomes only
+            pop, run = heapq.heappop, []
             while held and held[0][0] < upto:
-                alerts += self.add_outcome(heapq.heappop(held)[2])
-            return alerts
+                run.append(pop(held)[2])
+            return self.add_outcomes(run)
         while True:
             t_o = held[0][0] if held and held[0][0] < upto else math.inf
             t_s = subs[0][0] if subs and subs[0][0] < sub_upto else math.inf
@@ -489,25 +513,35 @@ class Engine:
         return len(self._held_subs)
 
     def add_outcome(self, o: Outcome) -> list[Alert]:
-        try:
-            scores = self.scorer.score(o.output, o.label, o.errors, o.units)
-        except ScoreError:
-            self.invalid["unscorable"] += 1
-            return []
-        self.outcomes += 1
-        route, watched = self.slices.route_with_groups(o.model, o.tenant, o.attributes)  # first: it may flush
-        self._buf_rows.append(route)
-        if self._tracking:  # (changes only when the buffers are empty, so the lists stay aligned)
-            self._buf_pred.append(o.pred_ts if o.pred_ts is not None else o.ts)
-            self._buf_watch.append(watched)
-        self._buf_eu.append(scores)
-        self._buf_ts.append(o.ts)
-        early, self._early = self._early, []  # from a flush routing asked for (admission)
-        if self._propose_every and self.outcomes % self._propose_every == 0:  # a point fixed by the data
-            return early + self.flush() + self._propose(o.ts)
-        if len(self._buf_ts) >= self.cfg.replay.batch_size:
-            return early + self.flush()
-        return early
+        return self.add_outcomes([o])
+
+    def add_outcomes(self, outcomes: list[Outcome]) -> list[Alert]:
+        """Joined outcomes, in order, on to the detectors: scored as a run, then routed and
+        buffered one by one (routing may flush the buffer: an admission is decided on the state
+        every earlier outcome left)."""
+        alerts: list[Alert] = []
+        route = self.slices.route_with_groups
+        batch_size, propose_every = self.cfg.replay.batch_size, self._propose_every
+        for o, scores in zip(outcomes, self.scorer.score_many(outcomes)):
+            if scores is None:
+                self.invalid["unscorable"] += 1
+                continue
+            self.outcomes += 1
+            rows, watched = route(o.model, o.tenant, o.attributes)  # first: it may flush
+            self._buf_rows.append(rows)
+            if self._tracking:  # (changes only when the buffers are empty, so the lists stay aligned)
+                self._buf_pred.append(o.pred_ts if o.pred_ts is not None else o.ts)
+                self._buf_watch.append(watched)
+            self._buf_eu.append(scores)
+            self._buf_ts.append(o.ts)
+            if self._early:  # from a flush routing asked for (admission)
+                alerts += self._early
+                self._early = []
+            if propose_every and self.outcomes % propose_every == 0:  # a point fixed by the data
+                alerts += self.flush() + self._propose(o.ts)
+            elif len(self._buf_ts) >= batch_size:
+                alerts += self.flush()
+        return alerts
 
     # ---- bias-bounty submissions ------------------------------------------------------------
     def expire_submissions(self, upto: float) -> list[Alert]:

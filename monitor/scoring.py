@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import string
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from rapidfuzz.distance import Levenshtein
 
@@ -107,6 +107,24 @@ class Scorer:
         if errors is not None:
             return [(errors, units if units is not None else 0.0)] + [(0.0, 0.0)] * (len(self.names) - 1)
         return [fn(output, label) for fn in self._fns]
+
+    def score_many(self, outcomes: Iterable[Any]) -> list[list[tuple[float, float]] | None]:
+        """:meth:`score` for each joined outcome (anything with ``output``, ``label``, ``errors``
+        and ``units``); None where it cannot be scored."""
+        fns = self._fns
+        pad = [(0.0, 0.0)] * (len(self.names) - 1)
+        out: list[list[tuple[float, float]] | None] = []
+        append = out.append
+        for o in outcomes:
+            if o.errors is not None:
+                append([(o.errors, o.units if o.units is not None else 0.0), *pad])
+                continue
+            output, label = o.output, o.label
+            try:
+                append([fn(output, label) for fn in fns])
+            except ScoreError:
+                append(None)
+        return out
 
     # ---- metrics ----------------------------------------------------------------------
     def _error_rate(self, output: Any, label: Any) -> tuple[float, float]:
