@@ -110,7 +110,8 @@ class Engine:
         self._sub_seq = 0
         self.last_event_ts: float | None = None  # of the last valid event of the last feed_many
         self.scorer = Scorer(cfg.metrics)
-        self.decoder = Decoder(cfg.events, unscorable=self.scorer.unscorable, submission=self._parse_submission)
+        self.decoder = Decoder(cfg.events, unscorable=self.scorer.unscorable, submission=self._parse_submission,
+                               text_scorable=self.scorer.text_scorable)
         self.future = FutureGuard(cfg.events.max_future, wall_clock)
         self.joiner = Joiner(cfg.join.ttl, cfg.join.max_pending)
         self.slices = SliceIndex(cfg.slices)

@@ -170,12 +170,15 @@ class Decoder:
     """Turns raw bytes into :class:`Event` according to the config's field mapping."""
 
     def __init__(self, cfg: EventsConfig, unscorable: Callable[[Any], str | None] | None = None,
-                 submission: Callable[[Any], Any] | None = None):
+                 submission: Callable[[Any], Any] | None = None, text_scorable: bool = False):
         """``unscorable(value)``: why an output or label can never be scored (the scorer knows);
+        ``text_scorable``: it never objects to text (no metric needs numbers), so text skips it;
         ``submission(obj)``: a bias-bounty submission from its JSON object (raises ValueError),
         returned by :meth:`decode` in place of an :class:`Event`."""
         self.cfg = cfg
         self._unscorable = unscorable
+        self._text_scorable = text_scorable or unscorable is None
+        self._max_text = cfg.max_text_chars
         self._submission = submission
         self._wire = _schema(cfg.fields)
         self._decode = msgspec.json.Decoder(self._wire).decode
@@ -219,12 +222,14 @@ class Decoder:
         elif len(eid) > 512:
             raise InvalidEvent("bad_id", "longer than 512 characters")
 
-        if w.ts is None:
+        ts = w.ts
+        if ts is None:
             raise InvalidEvent("missing_timestamp")
-        try:
-            ts = parse_ts(w.ts)
-        except ValueError as exc:
-            raise InvalidEvent("bad_timestamp", str(exc)) from None
+        if type(ts) is not str or (ts := _fast_utc(ts)) is None:  # (the common wire format, first)
+            try:
+                ts = parse_ts(w.ts)
+            except ValueError as exc:
+                raise InvalidEvent("bad_timestamp", str(exc)) from None
 
         model = w.model
         if model is None:
@@ -260,15 +265,15 @@ class Decoder:
             if output is None:
                 if errors is None:
                     raise InvalidEvent("missing_output")
-            else:
-                output = self._value(output, "bad_output")
+            elif type(output) is not str or len(output) > self._max_text or not self._text_scorable:
+                output = self._value(output, "bad_output")  # (text the metrics take goes straight on)
                 self._scorable(output, errors, "output")
         if kind != "prediction":
             label = w.label
             if label is None:
                 if errors is None:
                     raise InvalidEvent("missing_label")
-            else:
+            elif type(label) is not str or len(label) > self._max_text or not self._text_scorable:
                 label = self._value(label, "bad_label")
                 self._scorable(label, errors, "label")
         return Event(kind, eid, ts, model, tenant, attrs, output, label, errors, units)

@@ -80,6 +80,11 @@ class Scorer:
         self._fns = tuple(getattr(self, f"_{name}") for name in self.names)
         self._needs = frozenset(_NEEDS[n] for n in self.names if n in _NEEDS)
 
+    @property
+    def text_scorable(self) -> bool:
+        """Does :meth:`unscorable` accept every text? (No metric needs numbers.)"""
+        return "number" not in self._needs
+
     def unscorable(self, value: Any) -> str | None:
         """Why an output or label can never be scored by the configured metrics, or None.
 
