@@ -63,6 +63,82 @@ def _engine_run(cfg: Config, lines: list[bytes]) -> Callable[[], None]:
     return run
 
 
+_FIRST_EVENT = r"""
+import sys, time
+from monitor.config import load_config
+from monitor.demo import builtin_config
+from monitor.engine import Engine
+cfg = load_config(sys.argv[1]) if len(sys.argv) > 1 else builtin_config()
+engine = Engine(cfg)
+engine.feed_many([sys.stdin.buffer.readline().strip()])
+print("first", engine.outcomes + sum(engine.events.values()), flush=True)
+engine.flush()
+print("kernel", flush=True)
+"""
+
+
+def startup(config_path: str | None, line: bytes, repeat: int = 3) -> tuple[float, float]:
+    """Seconds from starting a fresh ``python`` until the first event has been decoded, joined and
+    routed, and until the first batch has been through the compiled kernel (warm compile cache);
+    the best of ``repeat`` runs."""
+    import subprocess
+    import sys
+
+    first = kern = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", _FIRST_EVENT, *([config_path] if config_path else [])],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=False)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(line + b"\n")
+        proc.stdin.close()
+        marks = {}
+        for out in proc.stdout:
+            marks[out.split()[0].decode()] = time.perf_counter() - t0
+        if proc.wait() != 0 or set(marks) != {"first", "kernel"}:
+            raise RuntimeError("the start-up probe failed")
+        first, kern = min(first, marks["first"]), min(kern, marks["kernel"])
+    return first, kern
+
+
+def replay_end_to_end(config_path: str | None, lines: list[bytes]) -> tuple[float, float, float]:
+    """``lastmile replay`` of ``lines`` written to a file, in a fresh process (start-up included),
+    beside a loop that only reads the same file and decodes each line with the standard library's
+    ``json`` and with msgspec: seconds for each."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "events.jsonl")
+        with open(path, "wb") as fh:
+            fh.write(b"\n".join(lines) + b"\n")
+        if config_path is None:  # the built-in asr.yaml, as a file
+            from importlib import resources
+
+            config_path = os.path.join(tmp, "asr.yaml")
+            with open(config_path, "w", encoding="utf-8") as fh:
+                fh.write(resources.files("monitor").joinpath("data/asr.yaml").read_text(encoding="utf-8"))
+        cmd = [sys.executable, "-m", "monitor.cli", "replay", path, "--config", config_path, "--quiet"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # (no tty: no progress bar)
+        replay_s = time.perf_counter() - t0
+        if proc.returncode:
+            raise RuntimeError(f"lastmile replay failed: {proc.stderr.decode()[-2000:]}")
+
+        def decode_file(fn: Callable[[bytes], Any]) -> float:
+            t0 = time.perf_counter()
+            with open(path, "rb") as fh:
+                for line in fh:
+                    fn(line)
+            return time.perf_counter() - t0
+
+        json_s = min(decode_file(json.loads) for _ in range(3))
+        msgspec_s = min(decode_file(msgspec.json.decode) for _ in range(3))
+    return replay_s, json_s, msgspec_s
+
+
 def memory_per_slice(cfg: Config, slices: int = 10_000) -> tuple[float, int]:
     """Bytes per tracked slice: index entries plus estimate/detector state for every metric."""
     cfg = cfg.model_copy(update={"slices": cfg.slices.model_copy(update={"max_slices": slices * 2,
@@ -158,6 +234,18 @@ def run_bench(config_path: str | None = None, outcomes: int = 200_000, seed: int
     ts = np.arange(200_000, dtype=float)
     kern = _rate(lambda: engine.process_scored(rows, eu, ts), 200_000)
     print(f"  statistics kernel alone ({rows.shape[1]} slices/outcome) {kern:>9,.0f} outcomes/s", file=out)
+
+    replay_s, json_s, msgspec_s = replay_end_to_end(config_path, lines)
+    first, kern = startup(config_path, outcome_lines[0])
+    print(f"\nend to end: lastmile replay of the {len(lines):,} lines from a file, in a fresh process", file=out)
+    print(f"  lastmile replay                    {len(lines) / replay_s:>11,.0f} lines/s ({replay_s:.2f} s, "
+          f"start-up included)", file=out)
+    print(f"  read + json.loads (stdlib)         {len(lines) / json_s:>11,.0f} lines/s "
+          f"(ratio replay / this: {json_s / replay_s:.2f})", file=out)
+    print(f"  read + msgspec.json.decode         {len(lines) / msgspec_s:>11,.0f} lines/s "
+          f"(ratio: {msgspec_s / replay_s:.2f})", file=out)
+    print(f"  start-up: first event processed {first:.2f} s after the process started; first batch "
+          f"through the compiled kernel at {kern:.2f} s (warm compile cache)", file=out)
 
     per_slice, n_slices = memory_per_slice(cfg)
     per_pending, n_pending = memory_per_pending(cfg, lines)
