@@ -22,6 +22,7 @@ from collections.abc import Callable
 import msgspec
 import numpy as np
 
+from monitor.compiled import kernel
 from monitor.config import Config, load_config
 from monitor.demo import builtin_config
 from monitor.engine import Engine
@@ -118,8 +119,8 @@ def replay_end_to_end(config_path: str | None, lines: list[bytes]) -> tuple[floa
             from importlib import resources
 
             config_path = os.path.join(tmp, "asr.yaml")
-            with open(config_path, "w", encoding="utf-8") as fh:
-                fh.write(resources.files("monitor").joinpath("data/asr.yaml").read_text(encoding="utf-8"))
+            with open(config_path, "w", encoding="utf-8") as cfg_fh:
+                cfg_fh.write(resources.files("monitor").joinpath("data/asr.yaml").read_text(encoding="utf-8"))
         cmd = [sys.executable, "-m", "monitor.cli", "replay", path, "--config", config_path, "--quiet"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # (no tty: no progress bar)
@@ -144,6 +145,7 @@ def memory_per_slice(cfg: Config, slices: int = 10_000) -> tuple[float, int]:
     cfg = cfg.model_copy(update={"slices": cfg.slices.model_copy(update={"max_slices": slices * 2,
                                                                           "max_values_per_dimension": slices})})
     engine = Engine(cfg)
+    kernel()  # loaded by a background thread, whose allocations tracemalloc would count too
     dims = cfg.slices.dimensions
     gc.collect()
     tracemalloc.start()

@@ -75,11 +75,13 @@ class SliceIndex:
         self._ids: dict[SliceKey, int] = {}
         self._admission: dict[tuple[str, int], ValueAdmission] = {}
         self._ticks: dict[str, int] = {}  # outcomes per model since its counts last faded
-        self._by_value: dict[tuple[str, int, str], list[int]] = {}  # (model, dim, value) → ids holding it
-        # (model, tenant, *attribute values as they arrived) → (slice ids, count cells of its values,
-        # pending watched groups holding it): one dict lookup per outcome, plus one count per dimension
-        self._routes: dict[tuple[str | None, ...],
-                           tuple[list[int], list[tuple[dict[str, float], str]], tuple[int, ...]]] = {}
+        self._by_value: dict[tuple[str, int], dict[str, list[int]]] = {}  # (model, dim) → value → ids holding it
+        # (model, tenant, *attribute values as they arrived) → (slice ids, the model's value counts per
+        # dimension, the values as tracked, pending watched groups holding it): one dict lookup per
+        # outcome, plus one count per dimension
+        self._routes: dict[tuple[str | None, ...], tuple[list[int], tuple[dict[str, float], ...],
+                                                         tuple[str, ...], tuple[int, ...]]] = {}
+        self._value_counts: dict[str, tuple[dict[str, float], ...]] = {}  # model → each dimension's value counts
         self._attr_dims = self.dimensions  # "tenant" too: it may come from attributes when the field is absent
         self.value_overflow: Counter[str] = Counter()  # dimension → outcomes mapped to __other__
         self.retired: Counter[str] = Counter()  # dimension → values retired to make room
@@ -122,7 +124,7 @@ class SliceIndex:
         self._by_value = {}
         for sid, key in enumerate(self.keys):
             self._index_values(sid, key)
-        self._admission = {}
+        self._admission, self._value_counts = {}, {}
         for m, d, a in state["admission"]:
             self._admission[(m, d)] = adm = self._new_admission()
             adm.restore(a)
@@ -160,7 +162,7 @@ class SliceIndex:
     def _index_values(self, sid: int, key: SliceKey) -> None:
         if 0 < key.combo < self.pin_combo:
             for d, v in zip(self.combos[key.combo], key.values):
-                self._by_value.setdefault((key.model, d, v), []).append(sid)
+                self._by_value.setdefault((key.model, d), {}).setdefault(v, []).append(sid)
 
     # ---- recycling ids (the engine's side) -----------------------------------------------------
     def settle(self) -> list[tuple[int, SliceKey]]:
@@ -234,9 +236,9 @@ class SliceIndex:
             self._fade(model)
         cached = self._routes.get(raw_key)
         if cached is not None:
-            for counts, value in cached[1]:
+            for counts, value in zip(cached[1], cached[2]):
                 counts[value] += 1.0
-            return cached[0], cached[2]
+            return cached[0], cached[3]
         values = self.values(tenant, attributes)
         overflow_before = self.slice_overflow
         capped = tuple(self._cap_value(model, i, v) for i, v in enumerate(values))
@@ -257,8 +259,11 @@ class SliceIndex:
         overflowed = OTHER in capped or self.slice_overflow != overflow_before
         if not overflowed and len(self._routes) < _ROUTE_CACHE_MAX:
             # overflowed routes are recomputed each time so overflow stays counted per outcome
-            cells = [(self._admission[(model, d)].tracked, v) for d, v in enumerate(capped)]
-            self._routes[raw_key] = (ids, cells, watched)
+            per_dim = self._value_counts.get(model)
+            if per_dim is None:  # (one per model, shared by its routes)
+                per_dim = self._value_counts[model] = tuple(self._admission[(model, d)].tracked
+                                                            for d in range(len(capped)))
+            self._routes[raw_key] = (ids, per_dim, capped, watched)
         return ids, watched
 
     # ---- submitted groups: watched while pending, pinned once confirmed ------------------------
@@ -356,7 +361,7 @@ class SliceIndex:
     def _holding(self, model: str, dim: int, value: str) -> list[int]:
         """Live slice ids holding ``dim = value`` (the index may list reused ids: checked)."""
         out = []
-        for sid in self._by_value.get((model, dim, value), ()):
+        for sid in self._by_value.get((model, dim), {}).get(value, ()):
             key = self.keys[sid]
             dims = self.combos[key.combo] if key.combo > 0 else ()
             if key.model == model and dim in dims and key.values[dims.index(dim)] == value:
@@ -370,7 +375,7 @@ class SliceIndex:
         """``value`` gives up its place: its slices stop being tracked; their ids are recycled."""
         for sid in self._holding(model, dim, value):
             self._retire_slice(sid)
-        self._by_value.pop((model, dim, value), None)
+        self._by_value.get((model, dim), {}).pop(value, None)
         self.retired[self.dimensions[dim]] += 1
 
     def _retire_slice(self, sid: int) -> None:
@@ -382,7 +387,7 @@ class SliceIndex:
         self._regular -= 1
         self._slice_admission.untrack(sid)
         for d, v in zip(self.combos[key.combo], key.values):
-            held = self._by_value.get((key.model, d, v))
+            held = self._by_value.get((key.model, d), {}).get(v)
             if held is not None and sid in held:
                 held.remove(sid)
         self._routes.clear()  # cached routes may hold the retired ids and count cells
