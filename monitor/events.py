@@ -179,6 +179,7 @@ class Decoder:
         self._unscorable = unscorable
         self._text_scorable = text_scorable or unscorable is None
         self._max_text = cfg.max_text_chars
+        self._max_bytes = cfg.max_event_bytes  # (read per event: a plain attribute, not the config model's)
         self._submission = submission
         self._wire = _schema(cfg.fields)
         self._decode = msgspec.json.Decoder(self._wire).decode
@@ -188,8 +189,8 @@ class Decoder:
         self._seen_models: dict[str, str] = {}
 
     def decode(self, raw: bytes | str) -> Event:
-        if len(raw) > self.cfg.max_event_bytes:
-            raise InvalidEvent("oversized", f"{len(raw)} bytes > {self.cfg.max_event_bytes}")
+        if len(raw) > self._max_bytes:
+            raise InvalidEvent("oversized", f"{len(raw)} bytes > {self._max_bytes}")
         try:
             w = self._decode(raw)
         except msgspec.ValidationError as exc:

@@ -82,6 +82,7 @@ class SliceIndex:
         self._routes: dict[tuple[str | None, ...], tuple[list[int], tuple[dict[str, float], ...],
                                                          tuple[str, ...], tuple[int, ...]]] = {}
         self._value_counts: dict[str, tuple[dict[str, float], ...]] = {}  # model → each dimension's value counts
+        self._half_life = cfg.admission.half_life
         self._attr_dims = self.dimensions  # "tenant" too: it may come from attributes when the field is absent
         self.value_overflow: Counter[str] = Counter()  # dimension → outcomes mapped to __other__
         self.retired: Counter[str] = Counter()  # dimension → values retired to make room
@@ -228,11 +229,10 @@ class SliceIndex:
     def route_with_groups(self, model: str, tenant: str | None,
                           attributes: dict[str, str]) -> tuple[list[int], tuple[int, ...]]:
         """:meth:`route`, and the pending watched groups (watch ids) holding the outcome."""
-        get = attributes.get
-        raw_key = (model, tenant, *[get(d) for d in self._attr_dims])
+        raw_key = (model, tenant, *map(attributes.get, self._attr_dims))
         ticks = self._ticks
         tick = ticks[model] = ticks.get(model, 0) + 1
-        if tick >= self.cfg.admission.half_life:
+        if tick >= self._half_life:
             self._fade(model)
         cached = self._routes.get(raw_key)
         if cached is not None:
