@@ -264,9 +264,11 @@ class Engine:
                                               for b, src in zip(rows[:, F.BASE], rows[:, F.BSRC])])
             for m, metric in enumerate(self.metrics):
                 row = self.st[sid * n_metrics + m]
-                for kind, field in (("drift", F.DSTATE), ("disparity", F.PSTATE)):
+                for slot, (kind, field) in enumerate((("drift", F.DSTATE), ("disparity", F.PSTATE))):
                     firing = self.active.pop(fingerprint(key.model, desc, kind, metric), None)
-                    row[field] = 0.0
+                    if row[field] > 0:  # stopped firing: its slot restarts, as at a transition (rows.DETECTOR_SLOTS)
+                        row[field] = 0.0
+                        self.det[sid * n_metrics + m, slot] = 0.0
                     if firing is not None:
                         alerts.append(Alert.make(kind, "resolved", key.model, desc, metric, firing.value,
                                                  firing.reference, firing.n, ts, firing.tolerance,
@@ -822,7 +824,7 @@ class Engine:
         self.slices.restore(data["slices"])
         n = data["rows"]
         self.st, self.det = K.new_rows(max(n, 64), len(LAMBDAS))
-        self.st[:n], self.det[:n] = arrays["st"], arrays["det"]
+        self.st[:n], self.det[:n] = arrays["st"], K.merge_detector_slots(arrays["st"], arrays["det"])
         self._rows_ready = n
         # thresholds come from this config, not the one the checkpoint was written with
         pinned = np.repeat([key.combo == self.slices.pin_combo for key in self.slices.keys], len(self.metrics))

@@ -32,8 +32,10 @@ import numpy as np  # noqa: E402
 
 from monitor.rows import NPARAMS, F, P, Ref, Source, new_rows  # noqa: E402
 
-# detector slots
-DRIFT_FIRE, DRIFT_RESOLVE, DISP_FIRE, DISP_RESOLVE = 0, 1, 2, 3
+# detector slots: a kind's fire and resolve detectors share one, as only one of them runs at a
+# time (by the row's state) and both restart at every transition (rows.DETECTOR_SLOTS)
+DRIFT_FIRE = DRIFT_RESOLVE = 0
+DISP_FIRE = DISP_RESOLVE = 1
 
 # transition kinds
 KIND_DRIFT, KIND_DISPARITY = 0, 1
@@ -75,10 +77,9 @@ def _lme(det, r, slot):
 
 
 @numba.njit(cache=True, nogil=True)
-def _clear(det, r, a, b):
+def _clear(det, r, slot):
     for j in range(det.shape[2]):
-        det[r, a, j] = 0.0
-        det[r, b, j] = 0.0
+        det[r, slot, j] = 0.0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -86,10 +87,10 @@ def _transition(st, det, r, i, kind, state, reference, n_out, out_i, out_row, ou
     """Flip the row's alert state, restart both detectors of that kind, record the transition."""
     if kind == KIND_DRIFT:
         st[r, F.DSTATE] = state
-        _clear(det, r, DRIFT_FIRE, DRIFT_RESOLVE)
+        _clear(det, r, DRIFT_FIRE)
     else:
         st[r, F.PSTATE] = state
-        _clear(det, r, DISP_FIRE, DISP_RESOLVE)
+        _clear(det, r, DISP_FIRE)
     out_i[n_out] = i
     out_row[n_out] = r
     out_kind[n_out] = kind

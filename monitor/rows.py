@@ -119,11 +119,28 @@ def window_interval(row: np.ndarray) -> tuple[float, float, float] | None:
     return r, max(r - _Z95 * se, 0.0), r + _Z95 * se
 
 
+#: detector statistics per row, each ``k`` λ wide: drift, then disparity. Each holds the fire
+#: detector while the row is not firing for that kind and the resolve detector while it is (they
+#: never run together, and both restart at every transition), so a row keeps 2·k, not 4·k, floats.
+DETECTOR_SLOTS = 2
+
+
 def new_rows(count: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     st = np.zeros((count, NFIELDS), dtype=np.float64)
     st[:, F.BASE] = np.nan
     st[:, F.BANC] = -1.0
     st[:, F.FIRST] = np.nan
     st[:, F.MREF_CLOSED] = np.nan
-    det = np.zeros((count, 4, k), dtype=np.float64)
+    det = np.zeros((count, DETECTOR_SLOTS, k), dtype=np.float64)
     return st, det
+
+
+def merge_detector_slots(st: np.ndarray, det: np.ndarray) -> np.ndarray:
+    """Detector statistics written with four slots (fire and resolve apart: checkpoints from
+    before they shared one) in today's two: each kind keeps the slot its row's state runs."""
+    if det.shape[1] == DETECTOR_SLOTS:
+        return det
+    drift = np.where((st[:, F.DSTATE] > 0)[:, None], det[:, 1], det[:, 0])
+    disparity = np.where((st[:, F.PSTATE] > 0)[:, None], det[:, 3], det[:, 2])
+    return np.stack([drift, disparity], axis=1)
+

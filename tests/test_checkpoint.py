@@ -70,3 +70,52 @@ def test_a_checkpoint_only_loads_into_the_same_layout(tmp_path) -> None:
     ckpt = store.latest()
     with pytest.raises(ValueError, match="must match"):
         other.restore(ckpt.data, ckpt.arrays)
+
+
+def _flipping(n: int, seed: int) -> list[bytes]:
+    """accent a1 degrades and recovers every 25,000 outcomes: alerts fire and resolve."""
+    import msgspec
+
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        a, p = f"a{rng.randrange(5)}", 0.1
+        if (i // 25_000) % 2 == 1 and a == "a1":
+            p = 0.3
+        lines.append(msgspec.json.encode({"type": "outcome", "id": i, "ts": 1795514400.0 + i, "model": "m",
+                                          "attributes": {"accent": a}, "output": 0, "label": int(rng.random() < p)}))
+    return lines
+
+
+def test_detectors_from_a_four_slot_checkpoint_continue_exactly() -> None:
+    """Checkpoints written before a kind's fire and resolve detectors shared a slot hold four per
+    row; restored, each row keeps the one its state runs, and the run goes on exactly as one
+    that never stopped (through resolutions and new firings)."""
+    import numpy as np
+
+    from monitor.events import parse_ts
+    from monitor.rows import F
+    from tests.conftest import make_config
+
+    cfg = make_config(metrics={"names": ["error_rate"]},
+                      slices={"dimensions": ["accent"], "combinations": [["accent"]], "min_samples": 200},
+                      baseline={"reference": {"outcomes": 10_000}, "min_outcomes": 500})
+    lines = _flipping(120_000, seed=2)
+    whole = Engine(cfg)
+    expected = whole.feed_many(lines) + whole.flush()
+    assert {a.state for a in expected} == {"firing", "resolved"}
+    resolved = next(a for a in expected if a.state == "resolved")
+    cut = int(parse_ts(resolved.ts) - 1795514400.0) - 300  # while a resolve detector is on its way
+    first = Engine(cfg)
+    got = first.feed_many(lines[:cut]) + first.flush()
+    data, arrays = first.state()
+    st, det = arrays["st"], arrays["det"]
+    drift, disparity = st[:, F.DSTATE] > 0, st[:, F.PSTATE] > 0
+    assert det[drift, 0].any()  # cut while a firing slice's resolve detector has evidence
+    old = np.zeros((det.shape[0], 4, det.shape[2]))  # fire 0 / resolve 1 (drift), fire 2 / resolve 3 (disparity)
+    old[~drift, 0], old[drift, 1] = det[~drift, 0], det[drift, 0]
+    old[~disparity, 2], old[disparity, 3] = det[~disparity, 1], det[disparity, 1]
+    second = Engine(cfg)
+    second.restore(data, {**arrays, "det": old})
+    got += second.feed_many(lines[cut:]) + second.flush()
+    assert [a.to_dict() for a in got] == [a.to_dict() for a in expected]
