@@ -127,7 +127,8 @@ class Daemon:
         self.lag: dict[Any, int] = {}
         self.paused: set[Any] = set()
         self.stopping = False
-        self.checkpoint_stats = {"last_wall": 0.0, "duration": 0.0, "bytes": 0, "count": 0}
+        self.checkpoint_stats: dict[str, Any] = {"last_wall": 0.0, "duration": 0.0, "bytes": 0, "count": 0,
+                                                 "kind": ""}
         self._recent_invalid: deque[bool] = deque(maxlen=cfg.kafka.invalid_limit.window)
         self._last_ckpt = clock()
         self._checkpointed: dict[str, dict[int, int]] = {}  # offsets the newest checkpoint covers
@@ -252,8 +253,9 @@ class Daemon:
         ckpt = self.store.latest()
         self.engine = Engine(self.cfg, ordered=True, wall_clock=time.time)
         if ckpt is not None:
-            self.engine.restore(ckpt.data, ckpt.arrays)
-            log.info("restored checkpoint %s (%d outcomes)", ckpt.path.name, self.engine.outcomes)
+            self.engine.restore(ckpt.data, ckpt.arrays, ckpt.earlier)
+            log.info("restored checkpoint %s (%d outcomes%s)", ckpt.path.name, self.engine.outcomes,
+                     f"; {len(ckpt.earlier)} earlier files of its chain" if ckpt.earlier else "")
         self.dispatcher.restore(ckpt.data.get("outbox") if ckpt is not None else None)
         offsets = ckpt.offsets if ckpt is not None else {}
         self._loaded = (ckpt.sequence if ckpt is not None else 0, offsets)
@@ -300,11 +302,21 @@ class Daemon:
         self._last_ckpt = self.clock()
         if offsets != self._checkpointed or self.checkpoint_stats["count"] == 0:
             started = self.clock()
-            data, arrays = self.engine.state()
-            data["outbox"] = self.dispatcher.state()
-            path = self.store.save(offsets, data, arrays)
+            # incremental when the engine's state is the newest checkpoint's plus what it processed
+            # since (restored from it, or its state was that checkpoint) and no full one is due
+            parent = self.store.delta_parent()
+            if parent is None or self._loaded is None or self._loaded[0] != parent:
+                parent = None
+            try:
+                data, arrays = self.engine.state(delta=parent is not None)
+                data["outbox"] = self.dispatcher.state()
+                path = self.store.save(offsets, data, arrays, parent=parent)
+            except BaseException:
+                self._loaded = None  # what the engine's next increment would be relative to was not written
+                raise
             self.checkpoint_stats.update(last_wall=time.time(), duration=self.clock() - started,
-                                         bytes=path.stat().st_size, count=self.checkpoint_stats["count"] + 1)
+                                         bytes=path.stat().st_size, count=self.checkpoint_stats["count"] + 1,
+                                         kind="full" if parent is None else "delta")
             self._checkpointed = offsets
             self._commit_pending = True
             self._loaded, self._dirty = (int(path.stem.split("-")[1]), offsets), False

@@ -39,6 +39,7 @@ from monitor.submissions import Submission, parse_submission
 log = logging.getLogger("lastmile")
 
 _OUT_CAPACITY = 4096
+_ROW_BLOCK = 64  # slice rows an incremental checkpoint writes together (when any of them changed)
 _KINDS = ("drift", "disparity")
 _OTHER_KIND = {"drift": "disparity", "disparity": "drift"}
 _OWN = (K.Source.FILE, K.Source.REFERENCE)
@@ -146,6 +147,7 @@ class Engine:
         self.params = self._params()
         self.st, self.det = K.new_rows(0, len(LAMBDAS))
         self._rows_ready = 0
+        self._row_digests: list[bytes] | None = None  # of the rows as last checkpointed (see state())
         self._buf_rows: list[list[int]] = []
         self._buf_eu: list[list[tuple[float, float]]] = []
         self._buf_ts: list[float] = []
@@ -772,30 +774,51 @@ class Engine:
                 "combinations": [list(c) for c in self.slices.combos], "lambdas": list(LAMBDAS),
                 "fields": [f.name for f in F]}
 
-    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def state(self, delta: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Everything needed to continue exactly where this engine is: plain data and arrays.
 
-        Buffered outcomes must have been flushed (their alerts handed out) first.
+        Buffered outcomes must have been flushed (their alerts handed out) first. ``delta``: the
+        join — the bulk of the state, pending predictions and joined ids — and the slice rows as
+        only their changes since the previous ``state()`` or ``restore()`` (an incremental
+        checkpoint; rows in blocks of 64, a block written when its digest changed); the rest is
+        always whole. Such a state restores on top of the ones before it (``restore``'s ``earlier``).
         """
         if self._buf_ts:
             raise RuntimeError("flush() before taking the engine's state")
         self._init_rows()
         n = self._rows_ready
+        join, join_arrays = self.joiner.state(delta)
         data = {
             "layout": self.layout(),
             "models": list(self.decoder.seen_models()),
             "events": dict(self.events), "invalid": dict(self.invalid), "outcomes": self.outcomes,
             "watermark": self.watermark, "rows": n,
             "active": [a.to_dict() for a in self.active.values()],
-            "join": self.joiner.state(), "slices": self.slices.state(), "future": self.future.state(),
+            "join": join, "slices": self.slices.state(), "future": self.future.state(),
             "bounty": self.bounty.state(),
             "remembered": [[m, c, list(v), first, bases] for (m, c, v), (first, bases) in self._remembered.items()],
             "held": msgspec.msgpack.encode([o for _, _, o in self._held]),
             "held_submissions": [entry[-1].to_dict() for entry in sorted(self._held_subs, key=lambda e: e[:4])],
         }
-        return data, {"st": self.st[:n].copy(), "det": self.det[:n].copy()}
+        st, det, block = self.st[:n], self.det[:n], _ROW_BLOCK
+        digests = K.row_digests(st, det, block)
+        before = self._row_digests if delta else None
+        if before is None:
+            arrays = {"st": st.copy(), "det": det.copy()}
+        else:
+            changed = [b for b, d in enumerate(digests) if b >= len(before) or before[b] != d]
+            at = np.concatenate([np.arange(b * block, min(b * block + block, n)) for b in changed]) if changed \
+                else np.zeros(0, dtype=np.int64)
+            arrays = {"rows_at": at.astype(np.int64), "st_at": st[at], "det_at": det[at]}
+        self._row_digests = digests  # what the next incremental state is relative to
+        arrays.update({f"join.{name}": a for name, a in join_arrays.items()})
+        return data, arrays
 
-    def restore(self, data: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def restore(self, data: dict[str, Any], arrays: dict[str, np.ndarray],
+                earlier: Iterable[tuple[dict[str, Any], dict[str, np.ndarray]]] = ()) -> None:
+        """Continue from ``state()``'s data and arrays. ``earlier``: when they are an incremental
+        state, the (data, arrays) of the states before it, oldest first, from the last full one
+        (a checkpoint chain: :attr:`monitor.checkpoint.Checkpoint.earlier`)."""
         if data["layout"] != self.layout():
             theirs, ours = data["layout"], self.layout()
             differ = {k: (theirs.get(k), ours[k]) for k in ours if theirs.get(k) != ours[k]}
@@ -808,7 +831,12 @@ class Engine:
         self.decoder.admit(data["models"])
         self.events, self.invalid = Counter(data["events"]), Counter(data["invalid"])
         self.outcomes, self.watermark = data["outcomes"], data["watermark"]
-        self.joiner.restore(data["join"])
+        chain = [*earlier, (data, arrays)]
+        if "format" not in data["join"]:  # written before the join was stored in columns: one whole state
+            self.joiner.restore(data["join"])
+        else:
+            self.joiner.restore([(d["join"], {k[5:]: a for k, a in arr.items() if k.startswith("join.")})
+                                 for d, arr in chain])
         if "future" in data:  # keys added after the layout was named: absent from older checkpoints
             self.future.restore(data["future"])
         if "bounty" in data:
@@ -824,12 +852,25 @@ class Engine:
         self.slices.restore(data["slices"])
         n = data["rows"]
         self.st, self.det = K.new_rows(max(n, 64), len(LAMBDAS))
-        self.st[:n], self.det[:n] = arrays["st"], K.merge_detector_slots(arrays["st"], arrays["det"])
+        whole = [i for i, (_, a) in enumerate(chain) if "st" in a]  # then only the blocks that changed
+        if not whole:
+            raise ValueError("an incremental checkpoint restores only on top of the ones before it (earlier)")
+        for i, (_, a) in enumerate(chain[whole[-1]:]):
+            if i == 0:
+                m = min(n, len(a["st"]))
+                self.st[:m], self.det[:m] = a["st"][:m], K.merge_detector_slots(a["st"][:m], a["det"][:m])
+            else:
+                at = a["rows_at"]
+                if len(at) and (at.min() < 0 or at.max() >= n):
+                    raise ValueError("an incremental checkpoint's slice rows lie outside the state")
+                self.st[at], self.det[at] = a["st_at"], K.merge_detector_slots(a["st_at"], a["det_at"])
         self._rows_ready = n
         # thresholds come from this config, not the one the checkpoint was written with
         pinned = np.repeat([key.combo == self.slices.pin_combo for key in self.slices.keys], len(self.metrics))
         self.st[:n, F.H] = np.where(pinned[:n], self.h_pinned, self.h_fire)
         self.active = {a["fingerprint"]: Alert(**a) for a in data["active"]}
+        # the next incremental state is relative to this one (see state())
+        self._row_digests = K.row_digests(self.st[:n], self.det[:n], _ROW_BLOCK)
 
     # ---- where a slice's baseline came from, and alerts --------------------------------------
     def provenance(self, sid: int, m: int, st: np.ndarray | None = None) -> Provenance:

@@ -9,6 +9,7 @@ kernel is loaded (:func:`monitor.kernel.preload`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from enum import IntEnum, auto
 
@@ -144,3 +145,13 @@ def merge_detector_slots(st: np.ndarray, det: np.ndarray) -> np.ndarray:
     disparity = np.where((st[:, F.PSTATE] > 0)[:, None], det[:, 3], det[:, 2])
     return np.stack([drift, disparity], axis=1)
 
+
+def row_digests(st: np.ndarray, det: np.ndarray, block: int) -> list[bytes]:
+    """A digest of each block of ``block`` rows (state and detectors): an incremental
+    checkpoint writes the blocks whose digest changed."""
+    out = []
+    for lo in range(0, st.shape[0], block):
+        digest = hashlib.blake2b(st[lo:lo + block].data, digest_size=16)
+        digest.update(det[lo:lo + block].data)
+        out.append(digest.digest())
+    return out

@@ -5,7 +5,8 @@
 1. throughput: the daemon's loop (consume, decode, join, score, slice, detect, checkpoint every
    10 s) next to a bare kafka-python consumer that only reads and JSON-decodes the same
    messages, measured in one run on the same topics, from first to last message;
-2. checkpoint write / load time and size with 10,000 slices and 1,000,000 pending predictions;
+2. checkpoint write / load time and size with 10,000 slices and 1,000,000 pending predictions: a full
+   snapshot, incremental checkpoints of one interval's traffic each, and loading a chain of them;
 3. restart-to-ready: a daemon killed with -9 and started again, until /readyz answers 200.
 """
 
@@ -70,7 +71,11 @@ def daemon_loop(cfg_env: dict[str, str], total: int) -> tuple[float, int]:
     return total / elapsed, daemon.engine.outcomes
 
 
-def checkpoint_figures(slices: int = 10_000, pending: int = 1_000_000) -> str:
+def checkpoint_figures(slices: int = 10_000, pending: int = 1_000_000, interval_events: int = 170_000) -> str:
+    """Checkpoints with ``slices`` slices and ``pending`` pending predictions: full snapshots, then
+    increments until the store's policy asks for a full one again (the longest chain it allows),
+    each holding one checkpoint interval of traffic: ``interval_events`` events (10 s at the
+    daemon loop's rate), half new predictions, half feedback joining the oldest pending ones."""
     cfg = load_config(ROOT / "config" / "asr.yaml")
     cfg = cfg.model_copy(update={"slices": cfg.slices.model_copy(update={"max_slices": slices * 2,
                                                                          "max_values_per_dimension": slices})})
@@ -81,27 +86,68 @@ def checkpoint_figures(slices: int = 10_000, pending: int = 1_000_000) -> str:
         i += 1
     words = "the patient reports mild back pain since monday blood pressure is stable no known allergies".split()
     text = " ".join(words)
+
+    def prediction(k: int) -> Event:
+        return Event("prediction", f"utt-{k:09d}", 1795514400.0 + k * 0.01, "asr-en", "st-marys",
+                     {"accent": "scottish", "device": "handset-a", "noise": "ward-b"}, text, None, None, None)
+
     for k in range(pending):
-        engine.joiner.add(Event("prediction", f"utt-{k:09d}", 1795514400.0 + k * 0.01, "asr-en", "st-marys",
-                                {"accent": "scottish", "device": "handset-a", "noise": "ward-b"}, text, None, None, None))
+        engine.joiner.add(prediction(k))
+    offsets = {"predictions": {p: 10**6 for p in range(12)}}
     with tempfile.TemporaryDirectory() as d:
         store = CheckpointStore(d)
-        t0 = time.perf_counter()
-        data, arrays = engine.state()
-        path = store.save({"predictions": {p: 10**6 for p in range(12)}}, data, arrays)
-        write = time.perf_counter() - t0
-        size = path.stat().st_size
+        full_writes = []
+        for _ in range(6):  # the first ones in a process pay for fresh page-cache memory; then older chains are removed
+            t0 = time.perf_counter()
+            data, arrays = engine.state()
+            path = store.save(offsets, data, arrays)
+            full_writes.append(time.perf_counter() - t0)
+            del data, arrays
+        full_size = path.stat().st_size
         n_slices = len(engine.slices)
-        del engine, data, arrays  # load as a restarted process would: without the old state in memory
+        writes, sizes = [], []
+        new, oldest = pending, 0
+        while (parent := store.delta_parent()) is not None:
+            for _ in range(interval_events // 2):  # pending stays at 1M: nothing is evicted
+                engine.joiner.add(Event("feedback", f"utt-{oldest:09d}", 1795514400.0 + new * 0.01, None, None, {},
+                                        None, text, None, None))
+                engine.joiner.add(prediction(new))
+                new, oldest = new + 1, oldest + 1
+            t0 = time.perf_counter()
+            data, arrays = engine.state(delta=True)
+            path = store.save(offsets, data, arrays, parent=parent)
+            writes.append(time.perf_counter() - t0)
+            sizes.append(path.stat().st_size)
+            del data, arrays
+        live = engine.joiner.pending, engine.joiner.stats.joined
+        del engine  # load as a restarted process would: without the old state in memory
         gc.collect()
         t0 = time.perf_counter()
         ckpt = store.latest()
         fresh = Engine(cfg)
-        fresh.restore(ckpt.data, ckpt.arrays)
-        load = time.perf_counter() - t0
-    assert fresh.joiner.pending == pending and len(fresh.slices) == n_slices
-    return (f"checkpoint with {n_slices:,} slices and {pending:,} pending predictions "
-            f"(~{len(words)} words each): write {write:.2f}s, load+restore {load:.2f}s, {size / 1e6:.0f} MB")
+        fresh.restore(ckpt.data, ckpt.arrays, ckpt.earlier)
+        load_chain = time.perf_counter() - t0
+        chain_size = sum(p.stat().st_size for p in ckpt.files)
+        assert (fresh.joiner.pending, fresh.joiner.stats.joined) == live
+        del ckpt, fresh
+        gc.collect()
+        for extra in sorted(Path(d).glob("ckpt-*.lmd")):
+            extra.unlink()
+        t0 = time.perf_counter()
+        ckpt = CheckpointStore(d).latest()
+        fresh = Engine(cfg)
+        fresh.restore(ckpt.data, ckpt.arrays, ckpt.earlier)
+        load_full = time.perf_counter() - t0
+        assert fresh.joiner.pending == pending and len(fresh.slices) == n_slices
+    return (f"checkpoint with {n_slices:,} slices and {pending:,} pending predictions (~{len(words)} words each):\n"
+            f"  full snapshot: write {full_writes[0]:.2f}s the first in the process, {sorted(full_writes[3:])[1]:.2f}s "
+            f"once older chains are removed (median of the 4th-6th); {full_size / 1e6:.0f} MB; "
+            f"load+restore {load_full:.2f}s\n"
+            f"  increment of {interval_events:,} events ({interval_events // 2:,} new predictions, "
+            f"{interval_events // 2:,} joined): write {sum(writes) / len(writes):.2f}s mean, {max(writes):.2f}s max, "
+            f"{sum(sizes) / len(sizes) / 1e6:.1f} MB\n"
+            f"  the longest chain before the next full snapshot (full + {len(writes)} increment"
+            f"{'s' if len(writes) != 1 else ''}, {chain_size / 1e6:.0f} MB): load+restore {load_chain:.2f}s")
 
 
 def restart_to_ready(env: dict[str, str], port: int) -> str:
