@@ -227,6 +227,11 @@ class ReplayConfig(_Strict):
     #: sort events by event time before processing (files may be in any order)
     order_by_event_time: bool = True
     batch_size: int = Field(4096, ge=1)
+    #: events held in memory while sorting by event time; more are sorted in runs of this many,
+    #: spilled to temporary files and merged (memory does not grow with the input)
+    sort_buffer: int = Field(200_000, ge=1000)
+    #: where those runs go (deleted at the end); default: the system's temporary directory ($TMPDIR)
+    spill_directory: str | None = None
 
 
 class HttpConfig(_Strict):
