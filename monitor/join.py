@@ -12,8 +12,10 @@ Pending entries are stored in columns, not as events: an insertion-ordered dict 
 value the other half needs (a prediction's output; feedback's label). The context code indexes
 a table of the distinct (kind, model, tenant, attributes) combinations, so the thousands of
 pending predictions that share a handful of attribute values hold one dict between them. Freed
-slots are reused. About 290 bytes per pending ASR prediction with ~14 words of text, of which
-the id and the text themselves are ~200 (``lastmile bench``).
+slots are reused. The entries' order is also kept as a queue of (slot, sequence number), so the
+oldest is found in O(1) (expiry and eviction take it on every event at steady state). About 325
+bytes per pending ASR prediction with ~14 words of text, of which the id and the text
+themselves are ~200 and the order ~32 (``lastmile bench``).
 
 Checkpoints (:meth:`Joiner.state`) are columns too: numpy arrays and msgpack blobs encoded in
 C, never per-item Python. An incremental state holds only what changed since the previous
@@ -202,9 +204,23 @@ class Joiner:
         self._code = array(_U32)  # context code | _NEW
         self._val: list[Any] = []  # a prediction's output; feedback's label (or a _Scored)
         self._free: list[int] = []  # slots to reuse
+        # the pending entries' order, oldest first, found in O(1): (slot, sequence number) as they
+        # were inserted; an item whose slot no longer holds that sequence number is skipped (the
+        # entry was joined). A dict finds its first key by skipping every entry deleted from its
+        # front, O(n) per call, which expiry and eviction would pay on every event.
+        self._order_slot = array("q")
+        self._order_seq = array("q")
+        self._order_head = 0
+        self._next_seq = 0
+        self._occupant = array("q")  # per slot: the sequence number of its entry (-1: free)
+        self._eid_of: list[str | None] = []  # per slot: its entry's id
         self._ctx: list[tuple[str, str | None, str | None, dict[str, str]]] = []  # (kind, model, tenant, attributes)
         self._ctx_index: dict[tuple[Any, ...], int] = {}  # key → code | _NEW (what a new entry stores)
         self._done: dict[str, float] = {}  # joined ids → when, insertion-ordered; only its front is ever removed
+        # ... and its keys in that order: the oldest found in O(1) (a dict finds its first key by
+        # skipping every entry deleted from its front since it last resized: O(n) per call, so
+        # forgetting the oldest id on every event would cost O(n) each)
+        self._done_order: deque[str] = deque()
         # what changed since the last state() (or restore): what an incremental state holds
         self._token: str | None = None  # names the last state taken or restored (None: none yet)
         self._removed: list[str] = []  # ids removed since, that the last state held
@@ -238,8 +254,8 @@ class Joiner:
         slot = slots.get(eid)
         if slot is None:  # the first half: pending until the other comes
             if len(slots) >= self.max_pending:
-                oldest = next(iter(slots))
-                self._remove(oldest, slots[oldest])
+                oldest = self._oldest()
+                self._remove(self._eid_of[oldest], oldest)  # type: ignore[arg-type]
                 self.stats.evicted += 1
             try:
                 code = self._ctx_index.get((kind, model, tenant, *attrs, *attrs.values()))
@@ -263,6 +279,7 @@ class Joiner:
                 self._code.append(code)
                 self._val.append(value)
             slots[eid] = slot
+            self._enqueue(eid, slot)
             if ts + self.ttl < self._next_expiry:
                 self._next_expiry = ts + self.ttl
             return None
@@ -277,6 +294,8 @@ class Joiner:
         other_ts = self._ts[slot]
         value = self._val[slot]
         self._val[slot] = None
+        self._occupant[slot] = -1
+        self._eid_of[slot] = None
         self._free.append(slot)
         joined_ts = max(ts, other_ts)
         self._remember(eid, joined_ts)
@@ -334,15 +353,52 @@ class Joiner:
         if not code & _NEW:
             self._removed.append(eid)
         self._val[slot] = None
+        self._occupant[slot] = -1
+        self._eid_of[slot] = None
         self._free.append(slot)
         return code
+
+    def _enqueue(self, eid: str, slot: int) -> None:
+        """A new pending entry in ``slot``: the newest in the order."""
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        if slot == len(self._occupant):
+            self._occupant.append(seq)
+            self._eid_of.append(eid)
+        else:
+            self._occupant[slot] = seq
+            self._eid_of[slot] = eid
+        self._order_slot.append(slot)
+        self._order_seq.append(seq)
+        if len(self._order_slot) - self._order_head > 2 * len(self._slot) + 4096:
+            self._reorder()  # mostly joined entries: rebuilt from the dict, O(n) once per n joins
+
+    def _oldest(self) -> int:
+        """The slot of the oldest pending entry (there is one)."""
+        order, seqs, occupant = self._order_slot, self._order_seq, self._occupant
+        head = self._order_head
+        while occupant[order[head]] != seqs[head]:
+            head += 1
+        if head > 4096 and 2 * head > len(order):  # drop the consumed front, O(n) once per n items
+            del order[:head], seqs[:head]
+            head = 0
+        self._order_head = head
+        return order[head]
+
+    def _reorder(self) -> None:
+        """The order rebuilt from the pending dict (its insertion order is the entries' order)."""
+        occupant = self._occupant
+        self._order_slot = array("q", self._slot.values())
+        self._order_seq = array("q", (occupant[slot] for slot in self._order_slot))
+        self._order_head = 0
 
     def _remember(self, eid: str, ts: float) -> None:
         done = self._done
         if len(done) >= self.max_pending:
-            done.pop(next(iter(done)))
+            del done[self._done_order.popleft()]
             self._done_dropped += 1
         done[eid] = ts
+        self._done_order.append(eid)
         if ts + self.ttl < self._next_expiry:
             self._next_expiry = ts + self.ttl
 
@@ -350,26 +406,24 @@ class Joiner:
         horizon = self.watermark - self.ttl
         slots, times, done = self._slot, self._ts, self._done
         next_expiry = float("inf")
-        if slots:
-            gone = []
-            for eid, slot in slots.items():
-                ts = times[slot]
-                if ts >= horizon:
-                    next_expiry = ts + self.ttl
-                    break
-                gone.append((eid, slot))
-            ctx, stats = self._ctx, self.stats
-            for eid, slot in gone:
-                if ctx[self._remove(eid, slot) & _CODE][0] == "prediction":
-                    stats.expired_unlabelled += 1
-                else:
-                    stats.expired_orphan += 1
-        while done:
-            eid = next(iter(done))
+        ctx, stats, eid_of = self._ctx, self.stats, self._eid_of
+        while slots:
+            slot = self._oldest()
+            ts = times[slot]
+            if ts >= horizon:
+                next_expiry = ts + self.ttl
+                break
+            if ctx[self._remove(eid_of[slot], slot) & _CODE][0] == "prediction":  # type: ignore[arg-type]
+                stats.expired_unlabelled += 1
+            else:
+                stats.expired_orphan += 1
+        order = self._done_order
+        while order:
+            eid = order[0]
             if done[eid] >= horizon:
                 next_expiry = min(next_expiry, done[eid] + self.ttl)
                 break
-            del done[eid]
+            del done[order.popleft()]
             self._done_dropped += 1
         # entries inserted later are checked when the watermark next passes this point
         self._next_expiry = next_expiry if next_expiry != float("inf") else self.watermark
@@ -532,8 +586,15 @@ class Joiner:
         self._code.frombytes(np.ascontiguousarray(all_codes, dtype="<u4").data.cast("B"))
         self._val = values
         self._free = np.flatnonzero(holes).tolist()
+        self._occupant = array("q", repeat(-1, total))
+        self._eid_of = [None] * total
+        for seq, (eid, slot) in enumerate(slots.items()):
+            self._occupant[slot] = seq
+            self._eid_of[slot] = eid
+        self._next_seq = len(slots)
+        self._reorder()
         self._set_contexts(contexts)
-        self._done = done
+        self._done, self._done_order = done, deque(done)
         self._restore_scalars(data)
         self._mark(token)
 
@@ -573,6 +634,7 @@ class Joiner:
                 self.add(ev)
             self.max_pending = cap
             self._done = msgspec.msgpack.decode(state["done"], type=dict[str, float])
+            self._done_order = deque(self._done)
         self._restore_scalars(state)
         _clear_new(self._code)
         self._mark(None)  # the next state is a full one
