@@ -387,9 +387,13 @@ class Joiner:
 
     def _reorder(self) -> None:
         """The order rebuilt from the pending dict (its insertion order is the entries' order)."""
-        occupant = self._occupant
-        self._order_slot = array("q", self._slot.values())
-        self._order_seq = array("q", (occupant[slot] for slot in self._order_slot))
+        order = np.fromiter(self._slot.values(), dtype=np.int64, count=len(self._slot))
+        occupant = np.frombuffer(self._occupant, dtype=np.int64)
+        seqs = occupant[order]
+        del occupant  # (a view on the array would keep it from growing)
+        self._order_slot, self._order_seq = array("q"), array("q")
+        self._order_slot.frombytes(order.tobytes())
+        self._order_seq.frombytes(seqs.tobytes())
         self._order_head = 0
 
     def _remember(self, eid: str, ts: float) -> None:
@@ -586,11 +590,13 @@ class Joiner:
         self._code.frombytes(np.ascontiguousarray(all_codes, dtype="<u4").data.cast("B"))
         self._val = values
         self._free = np.flatnonzero(holes).tolist()
-        self._occupant = array("q", repeat(-1, total))
-        self._eid_of = [None] * total
-        for seq, (eid, slot) in enumerate(slots.items()):
-            self._occupant[slot] = seq
-            self._eid_of[slot] = eid
+        occupant = np.full(total, -1, dtype=np.int64)
+        occupant[live] = np.arange(len(live))  # (live is in the dict's order: the entries' order)
+        self._occupant = array("q")
+        self._occupant.frombytes(occupant.tobytes())
+        eid_of = np.empty(total, dtype=object)
+        eid_of[live] = list(slots)
+        self._eid_of = eid_of.tolist()
         self._next_seq = len(slots)
         self._reorder()
         self._set_contexts(contexts)
