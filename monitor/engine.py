@@ -359,7 +359,6 @@ class Engine:
         # joined outcomes go on to scoring and the detectors a run at a time, in order: anything
         # that must come after them (a submission, events let through by the screen) sends the run first
         joined: list[Outcome] = []
-        kinds: Counter[str] = Counter()
         for i, raw in enumerate(raws):
             try:
                 ev = decode(raw)
@@ -388,8 +387,6 @@ class Engine:
             elif future.held or ts > future.bound:
                 alerts += self._accept_many(joined)
                 joined = []
-                events.update(kinds)
-                kinds.clear()
                 self.last_event_ts = last_ts
                 for moved in self.screen(ev):  # often none: held for now, or rejected
                     alerts += self.feed_event(moved)
@@ -397,14 +394,13 @@ class Engine:
                 continue
             else:
                 future.note(ts)
-            kinds[ev.kind] += 1
+            events[ev.kind] += 1
             last_ts = ts
             if ts > watermark:
                 watermark = self.watermark = ts  # the join reads it: keep it current
             outcome = join(ev)
             if outcome is not None:
                 joined.append(outcome)
-        events.update(kinds)
         self.last_event_ts = last_ts
         return alerts + self._accept_many(joined)
 
@@ -446,17 +442,10 @@ class Engine:
         if ev.ts > self.watermark:
             self.watermark = ev.ts
         outcome = self.joiner.add(ev)
-        return [] if outcome is None else self._accept(outcome)
-
-    def _accept(self, outcome: Outcome) -> list[Alert]:
-        """A joined outcome: held for event-time order, or on to the detectors now."""
-        if self.ordered:
-            heapq.heappush(self._held, (outcome.ts, outcome.id, outcome))
-            return []
-        return self.add_outcome(outcome)
+        return [] if outcome is None else self._accept_many([outcome])
 
     def _accept_many(self, outcomes: list[Outcome]) -> list[Alert]:
-        """:meth:`_accept` for a run of joined outcomes, in order."""
+        """Joined outcomes, in order: held for event-time order, or on to the detectors now."""
         if not outcomes:
             return []
         if self.ordered:

@@ -116,19 +116,12 @@ class Scorer:
     def score_many(self, outcomes: Iterable[Any]) -> list[list[tuple[float, float]] | None]:
         """:meth:`score` for each joined outcome (anything with ``output``, ``label``, ``errors``
         and ``units``); None where it cannot be scored."""
-        fns = self._fns
-        pad = [(0.0, 0.0)] * (len(self.names) - 1)
         out: list[list[tuple[float, float]] | None] = []
-        append = out.append
         for o in outcomes:
-            if o.errors is not None:
-                append([(o.errors, o.units if o.units is not None else 0.0), *pad])
-                continue
-            output, label = o.output, o.label
             try:
-                append([fn(output, label) for fn in fns])
+                out.append(self.score(o.output, o.label, o.errors, o.units))
             except ScoreError:
-                append(None)
+                out.append(None)
         return out
 
     # ---- metrics ----------------------------------------------------------------------

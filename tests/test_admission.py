@@ -96,6 +96,21 @@ def _lines(n: int, seed: int) -> list[bytes]:
     return out
 
 
+def _with_restarts(cfg, lines: list[bytes], cuts: tuple[int, ...], tmp_path) -> tuple[list, Engine]:
+    """Feed ``lines`` in pieces ending at ``cuts``, checkpointing after each and continuing in a
+    new engine restored from it (a new process); returns the alerts and the last engine."""
+    store = CheckpointStore(tmp_path)
+    current, got, start = Engine(cfg), [], 0
+    for cut in cuts:
+        got += current.feed_many(lines[start:cut]) + current.flush()
+        store.save({"e": {0: cut}}, *current.state())
+        ckpt = store.latest()
+        current = Engine(cfg)
+        current.restore(ckpt.data, ckpt.arrays, ckpt.earlier)
+        start = cut
+    return got, current
+
+
 def test_a_checkpoint_restores_the_same_admission_decisions(tmp_path) -> None:
     """Retirements, recycled ids and candidates' counts are plain data in the checkpoint: an
     interrupted run equals one that never stopped."""
@@ -106,15 +121,7 @@ def test_a_checkpoint_restores_the_same_admission_decisions(tmp_path) -> None:
     whole = Engine(cfg)
     expected = whole.feed_many(lines) + whole.flush()
     assert whole.slices.retired["a"] >= 2 and any(a.kind == "drift" for a in expected)
-    store = CheckpointStore(tmp_path)
-    current, got, start = Engine(cfg), [], 0
-    for cut in (3001, 6007, 9011, len(lines)):
-        got += current.feed_many(lines[start:cut]) + current.flush()
-        store.save({"e": {0: cut}}, *current.state())
-        ckpt = store.latest()
-        current = Engine(cfg)
-        current.restore(ckpt.data, ckpt.arrays)
-        start = cut
+    got, current = _with_restarts(cfg, lines, (3001, 6007, 9011, len(lines)), tmp_path)
     assert [a.to_dict() for a in got] == [a.to_dict() for a in expected]
     assert slice_table(current) == slice_table(whole)
     assert current.slices.state() == whole.slices.state()
@@ -231,16 +238,7 @@ def test_slice_admission_does_not_depend_on_batches_or_restarts(tmp_path) -> Non
         alerts = engine.feed_many(lines) + engine.drain()
         results.append(([a.to_dict() for a in alerts], slice_table(engine)["slices"], engine.slices.slices_retired))
     assert results[0] == results[1] and results[0][2] >= 1
-    store = CheckpointStore(tmp_path)
-    cfg = make_config(**_LATTICE)
-    current, got, start = Engine(cfg), [], 0
-    for cut in (2503, 7001, len(lines)):
-        got += current.feed_many(lines[start:cut]) + current.flush()
-        store.save({"e": {0: cut}}, *current.state())
-        ckpt = store.latest()
-        current = Engine(cfg)
-        current.restore(ckpt.data, ckpt.arrays)
-        start = cut
+    got, current = _with_restarts(make_config(**_LATTICE), lines, (2503, 7001, len(lines)), tmp_path)
     got += current.drain()
     assert [a.to_dict() for a in got] == results[0][0]
     assert slice_table(current)["slices"] == results[0][1] and current.slices.slices_retired == results[0][2]

@@ -242,6 +242,48 @@ def test_checkpointed_joins_continue_like_the_uninterrupted_one() -> None:
     assert current.contents() == whole.contents()
 
 
+def _queued(j: Joiner) -> list[str | None]:
+    """The pending ids as the order queue holds them: its live items, oldest first."""
+    head = j._order_head
+    return [j._eid_of[slot] for slot, seq in zip(j._order_slot[head:], j._order_seq[head:])
+            if j._occupant[slot] == seq]
+
+
+def test_the_order_queues_hold_the_dicts_order_and_stay_bounded() -> None:
+    """Expiry and eviction take the oldest entry from a queue beside each dict (O(1), where a
+    dict's first key costs a scan over what was deleted from its front): the queues list exactly
+    the dicts' keys in their order, and joined entries left in the pending queue are bounded,
+    before and after a restore."""
+    rng = random.Random(5)
+    stream, waiting = [], []
+    for i in range(40_000):  # most predictions are labelled a little later, some never
+        stream.append(pred(f"p{i}", i * 0.01))
+        if rng.random() < 0.8:
+            waiting.append((i + rng.randrange(1, 400), f"p{i}"))
+        waiting.sort()
+        while waiting and waiting[0][0] <= i:
+            stream.append(fb(waiting.pop(0)[1], i * 0.01))
+    stream += random_stream(5, 5000)  # repeats, out of order, gaps
+    # a short TTL and a small capacity (the front moves: expiry, eviction), then none at all (the
+    # front stays put behind a prediction never labelled: joined entries pile up behind it)
+    for ttl, cap in ((3.0, 300), (1e9, 10**6)):
+        j = Joiner(ttl, cap)
+        for i, ev in enumerate(stream):
+            j.add(ev)
+            if i % 997 == 0:
+                assert _queued(j) == list(j._slot) and list(j._done_order) == list(j._done)
+                assert len(j._order_slot) - j._order_head <= 2 * j.pending + 4096
+            if i == 50_000:
+                data, arrays = j.state()
+                j = Joiner(ttl, cap)
+                j.restore([(data, arrays)])
+                assert _queued(j) == list(j._slot) and list(j._done_order) == list(j._done)
+        s = j.stats
+        assert s.joined > 15_000
+        if cap == 300:
+            assert s.evicted and s.expired_unlabelled  # every way out of the queue was taken
+
+
 def whole_contents_at(events: list[Event], ttl: float, max_pending: int) -> dict:
     j = EventJoiner(ttl, max_pending)
     for ev in events:
