@@ -24,7 +24,7 @@ import numpy as np
 
 from monitor.compiled import kernel
 from monitor.config import Config, load_config
-from monitor.demo import builtin_config
+from monitor.demo import builtin_config, builtin_config_text
 from monitor.engine import Engine
 from monitor.join import Joiner
 from monitor.simulate import SpeechScenario
@@ -65,7 +65,7 @@ def _engine_run(cfg: Config, lines: list[bytes]) -> Callable[[], None]:
 
 
 _FIRST_EVENT = r"""
-import sys, time
+import sys
 from monitor.config import load_config
 from monitor.demo import builtin_config
 from monitor.engine import Engine
@@ -116,11 +116,9 @@ def replay_end_to_end(config_path: str | None, lines: list[bytes]) -> tuple[floa
         with open(path, "wb") as fh:
             fh.write(b"\n".join(lines) + b"\n")
         if config_path is None:  # the built-in asr.yaml, as a file
-            from importlib import resources
-
             config_path = os.path.join(tmp, "asr.yaml")
             with open(config_path, "w", encoding="utf-8") as cfg_fh:
-                cfg_fh.write(resources.files("monitor").joinpath("data/asr.yaml").read_text(encoding="utf-8"))
+                cfg_fh.write(builtin_config_text())
         cmd = [sys.executable, "-m", "monitor.cli", "replay", path, "--config", config_path, "--quiet"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # (no tty: no progress bar)
@@ -163,8 +161,6 @@ def memory_per_slice(cfg: Config, slices: int = 10_000) -> tuple[float, int]:
 def memory_per_pending(cfg: Config, lines: list[bytes], count: int = 100_000) -> tuple[float, int]:
     """Bytes per pending prediction: what the join keeps of a decoded prediction (its id, output
     text, event time and attribute combination) and the decoded event's garbage, if any."""
-    from monitor.compiled import kernel
-
     engine = Engine(cfg)
     kernel()  # loaded in a background thread since the engine was created: not counted here
     preds = []
@@ -257,7 +253,7 @@ def run_bench(config_path: str | None = None, outcomes: int = 200_000, seed: int
     per_pending, n_pending = memory_per_pending(cfg, lines)
     print("\nmemory (tracemalloc)", file=out)
     print(f"  per tracked slice      {per_slice:>7,.0f} bytes  ({n_slices:,} slices, "
-          f"{len(cfg.metrics.names)} metric(s), estimates + 4 detectors × 10 λ)", file=out)
+          f"{len(cfg.metrics.names)} metric(s), estimates + 4 detectors in 2 slots × 10 λ)", file=out)
     print(f"  per pending prediction {per_pending:>7,.0f} bytes  ({n_pending:,} pending, ~{scenario_words(lines)} "
           f"words of output text each, id and text included)", file=out)
     return 0

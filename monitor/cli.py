@@ -176,7 +176,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from monitor.config import ConfigError
 
     try:
-        return run_audit(args.files, args.config, args.out, progress=None if not args.quiet else False)
+        return run_audit(args.files, args.config, args.out, progress=False if args.quiet else None)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

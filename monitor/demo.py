@@ -21,11 +21,15 @@ from monitor.table import slice_table
 _CHUNK = 4000  # events between snapshots / pacing checks
 
 
+def builtin_config_text() -> str:
+    """The built-in config (config/asr.yaml, shipped inside the package)."""
+    return resources.files("monitor").joinpath("data/asr.yaml").read_text(encoding="utf-8")
+
+
 def builtin_config() -> Any:
     import yaml
 
-    text = resources.files("monitor").joinpath("data/asr.yaml").read_text(encoding="utf-8")
-    return parse_config(yaml.safe_load(text), "<built-in asr.yaml>")
+    return parse_config(yaml.safe_load(builtin_config_text()), "<built-in asr.yaml>")
 
 
 def _fmt(x: float | None) -> str:

@@ -795,10 +795,9 @@ class Engine:
         if before is None:
             arrays = {"st": st.copy(), "det": det.copy()}
         else:
-            changed = [b for b, d in enumerate(digests) if b >= len(before) or before[b] != d]
-            at = np.concatenate([np.arange(b * block, min(b * block + block, n)) for b in changed]) if changed \
-                else np.zeros(0, dtype=np.int64)
-            arrays = {"rows_at": at.astype(np.int64), "st_at": st[at], "det_at": det[at]}
+            changed = np.array([b >= len(before) or before[b] != d for b, d in enumerate(digests)], dtype=bool)
+            at = np.flatnonzero(np.repeat(changed, block)[:n]).astype(np.int64)
+            arrays = {"rows_at": at, "st_at": st[at], "det_at": det[at]}
         self._row_digests = digests  # what the next incremental state is relative to
         arrays.update({f"join.{name}": a for name, a in join_arrays.items()})
         return data, arrays
@@ -844,15 +843,14 @@ class Engine:
         whole = [i for i, (_, a) in enumerate(chain) if "st" in a]  # then only the blocks that changed
         if not whole:
             raise ValueError("an incremental checkpoint restores only on top of the ones before it (earlier)")
-        for i, (_, a) in enumerate(chain[whole[-1]:]):
-            if i == 0:
-                m = min(n, len(a["st"]))
-                self.st[:m], self.det[:m] = a["st"][:m], K.merge_detector_slots(a["st"][:m], a["det"][:m])
-            else:
-                at = a["rows_at"]
-                if len(at) and (at.min() < 0 or at.max() >= n):
-                    raise ValueError("an incremental checkpoint's slice rows lie outside the state")
-                self.st[at], self.det[at] = a["st_at"], K.merge_detector_slots(a["st_at"], a["det_at"])
+        full, *increments = (a for _, a in chain[whole[-1]:])
+        m = min(n, len(full["st"]))  # (checkpoints from before fire and resolve shared a slot hold four)
+        self.st[:m], self.det[:m] = full["st"][:m], K.merge_detector_slots(full["st"][:m], full["det"][:m])
+        for a in increments:  # (only ever written with today's slots)
+            at = a["rows_at"]
+            if len(at) and (at.min() < 0 or at.max() >= n):
+                raise ValueError("an incremental checkpoint's slice rows lie outside the state")
+            self.st[at], self.det[at] = a["st_at"], a["det_at"]
         self._rows_ready = n
         # thresholds come from this config, not the one the checkpoint was written with
         pinned = np.repeat([key.combo == self.slices.pin_combo for key in self.slices.keys], len(self.metrics))

@@ -288,15 +288,9 @@ class Joiner:
         if other_kind == kind:
             self.stats.duplicates[kind] += 1
             return None
-        del slots[eid]
-        if not code & _NEW:  # the last state held it
-            self._removed.append(eid)
         other_ts = self._ts[slot]
         value = self._val[slot]
-        self._val[slot] = None
-        self._occupant[slot] = -1
-        self._eid_of[slot] = None
-        self._free.append(slot)
+        self._remove(eid, slot)
         joined_ts = max(ts, other_ts)
         self._remember(eid, joined_ts)
         stats = self.stats
@@ -337,17 +331,11 @@ class Joiner:
             view[order] = (codes & _NEW) | inverse.astype(np.uint32)
             del view
             used = unique.tolist()
-        old = self._ctx
-        self._ctx = [old[c] for c in used]
-        self._ctx_index = {}
-        for code, entry in enumerate(self._ctx):
-            key = _key(*entry)
-            if key is not None:
-                self._ctx_index[key] = code | _NEW
+        self._set_contexts([self._ctx[c] for c in used])
         self._ctx_rebuilt = True
 
     def _remove(self, eid: str, slot: int) -> int:
-        """Drop a pending entry (expired or evicted); returns its code."""
+        """Drop a pending entry (joined, expired or evicted); returns its code."""
         del self._slot[eid]
         code = self._code[slot]
         if not code & _NEW:
@@ -506,10 +494,7 @@ class Joiner:
                   "removed": _blob(_ENCODE(removed)), "done_ids": _blob(_ENCODE(done_ids)),
                   "done_ts": np.ascontiguousarray(done_ts)}
         _clear_new(self._code, order if delta else None)
-        self._token = token
-        self._removed = []
-        self._ctx_mark, self._ctx_rebuilt = len(self._ctx), False
-        self._done_mark, self._done_dropped = len(done), 0
+        self._mark(token)
         return data, arrays
 
     def restore(self, parts: Sequence[tuple[Mapping[str, Any], Mapping[str, np.ndarray]]] | Mapping[str, Any]) -> None:

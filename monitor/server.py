@@ -160,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), headers=headers)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         app = self.app
         if path == "/metrics":
             self._send(200, generate_latest(app.registry), CONTENT_TYPE_LATEST)
@@ -174,8 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
             snap = app.collector.snapshot()
             if snap is None:
                 self._json(503, {"error": "no snapshot yet: state is still being restored"})
-            elif path == "/v1/slices" and "?" in self.path:
-                self._top(snap)
+            elif path == "/v1/slices" and query:
+                self._top(snap, query)
             elif path == "/v1/slices":
                 self._json(200, snap)
             elif path == "/v1/alerts":
@@ -192,9 +192,9 @@ class _Handler(BaseHTTPRequestHandler):
                              "endpoints": ["/metrics", "/healthz", "/readyz", "/v1/slices", "/v1/alerts",
                                            "/v1/submissions"]})
 
-    def _top(self, snap: dict[str, Any]) -> None:
+    def _top(self, snap: dict[str, Any], text: str) -> None:
         """``/v1/slices?top=K[&metric=M]``: the K worst slices by SliceLine score (monitor.ranking)."""
-        query = parse_qs(self.path.split("?", 1)[1], keep_blank_values=True)
+        query = parse_qs(text, keep_blank_values=True)
         unknown = sorted(set(query) - {"top", "metric"})
         if unknown:
             self._json(400, {"error": f"unknown query parameter {unknown[0][:40]!r} (known: top, metric)",

@@ -56,11 +56,14 @@ def test_served_and_printed(tmp_path, capsys) -> None:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
         for path, status in (("/v1/slices?top=3", 200), ("/v1/slices?top=0", 400), ("/v1/slices?top=x", 400),
-                             ("/v1/slices?top=3&evil=%7B%7D", 400), ("/v1/slices?top=2&metric=error_rate", 200)):
+                             ("/v1/slices?top=3&evil=%7B%7D", 400), ("/v1/slices?top=2&metric=error_rate", 200),
+                             ("/v1/slices?", 200)):
             conn.request("GET", path)
             resp = conn.getresponse()
             body = json.loads(resp.read())
             assert resp.status == status, (path, body)
+            if path == "/v1/slices?":  # an empty query is no query: the whole table
+                assert body["slices"] == table["slices"]
             if path == "/v1/slices?top=3":
                 assert [e["slice"] for e in body["top"]] == [e["slice"] for e in top_slices(table, 3)]
             if status == 400:
