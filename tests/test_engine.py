@@ -283,3 +283,27 @@ def test_bad_baseline_file_is_reported_with_paths(tmp_path) -> None:
     run = subprocess.run([sys.executable, "-m", "monitor", "check-config", str(cfg)], capture_output=True, text=True)
     assert run.returncode == 1
     assert "baselines[0].value" in run.stderr and "baselines[1].valu" in run.stderr
+
+
+def test_the_engine_starts_without_waiting_for_numba() -> None:
+    """Importing the engine, the CLI and the state layout never imports numba: the compiled
+    kernel loads in a background thread (monitor.compiled) while the first events are processed,
+    and without numba's scipy BLAS probe."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import monitor.cli, monitor.engine, monitor.table, monitor.rows; "
+            "assert 'numba' not in sys.modules, 'numba imported'; "
+            "from monitor.compiled import kernel; kernel(); "
+            "assert 'numba' in sys.modules and 'scipy.linalg' not in sys.modules, 'scipy.linalg probed'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_memory_per_tracked_slice_is_within_a_kilobyte() -> None:
+    """Index, estimates and detectors of 10,000 slices (asr.yaml, one metric), by tracemalloc."""
+    from monitor.bench import memory_per_slice
+    from monitor.demo import builtin_config
+
+    per_slice, slices = memory_per_slice(builtin_config(), 10_000)
+    assert slices >= 10_000 and per_slice <= 1024, per_slice
