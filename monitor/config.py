@@ -296,6 +296,9 @@ class KafkaConfig(_Strict):
     invalid_limit: InvalidLimitConfig = InvalidLimitConfig()
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_records: int = Field(2000, ge=1)
+    #: the consumer runs in a second process that fetches the next poll's records while these are
+    #: processed (reading and monitoring overlap on two cores; false: one process)
+    read_ahead: bool = True
     max_poll_interval: Duration = 300.0
     session_timeout: Duration = 10.0
     #: pause partitions whose event time runs this far ahead of the slowest partition with data

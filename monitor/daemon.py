@@ -27,6 +27,7 @@ The loop, one thread, in order::
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import signal
@@ -45,6 +46,7 @@ from monitor.config import Config
 from monitor.delivery import Dispatcher
 from monitor.engine import Engine
 from monitor.exposition import SliceCollector
+from monitor.prefetch import ReadAheadConsumer
 from monitor.auth import RateLimiter, TokenStore
 from monitor.server import Health, Intake, Server
 from monitor.sinks import build_sink
@@ -186,7 +188,7 @@ class Daemon:
         from kafka import KafkaConsumer, KafkaProducer
         from kafka.errors import KafkaError
 
-        make_consumer = self._consumer_factory or KafkaConsumer
+        make_consumer = self._consumer_factory or (ReadAheadConsumer if self.cfg.kafka.read_ahead else KafkaConsumer)
         delay = 1.0
         while True:
             try:
@@ -251,6 +253,7 @@ class Daemon:
         if not self._dirty and self._loaded is not None and self.store.latest_sequence() == self._loaded[0]:
             return self._loaded[1]
         ckpt = self.store.latest()
+        gc.unfreeze()  # the engine being replaced: collectable again, cycles included
         self.engine = Engine(self.cfg, ordered=True, wall_clock=time.time)
         if ckpt is not None:
             self.engine.restore(ckpt.data, ckpt.arrays, ckpt.earlier)
@@ -260,6 +263,11 @@ class Daemon:
         offsets = ckpt.offsets if ckpt is not None else {}
         self._loaded = (ckpt.sequence if ckpt is not None else 0, offsets)
         self._dirty = False
+        del ckpt
+        # what exists now (modules, the restored state) is left out of the cyclic collector's full
+        # collections, which would otherwise walk it again every few ten thousand events (as in replay)
+        gc.collect()
+        gc.freeze()
         self.health.restored = True
         self._publish(force=True)
         return offsets

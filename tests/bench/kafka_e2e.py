@@ -3,8 +3,9 @@
     python -m tests.bench.kafka_e2e [--outcomes 100000]
 
 1. throughput: the daemon's loop (consume, decode, join, score, slice, detect, checkpoint every
-   10 s) next to a bare kafka-python consumer that only reads and JSON-decodes the same
-   messages, measured in one run on the same topics, from first to last message;
+   10 s), with the consumer reading ahead in a second process (the default) and in one process,
+   next to a bare kafka-python consumer that only reads and JSON-decodes the same messages,
+   measured in one run on the same topics, from first to last message;
 2. checkpoint write / load time and size with 10,000 slices and 1,000,000 pending predictions: a full
    snapshot, incremental checkpoints of one interval's traffic each, and loading a chain of them;
 3. restart-to-ready: a daemon killed with -9 and started again, until /readyz answers 200.
@@ -206,11 +207,15 @@ def main() -> None:
                "LASTMILE__KAFKA__MAX_POLL_INTERVAL": "10s", "LASTMILE__KAFKA__SESSION_TIMEOUT": "6s",
                "LASTMILE__CHECKPOINT__DIRECTORY": state}
         rate, outcomes = daemon_loop(env, total)
-        print(f"{total:,} messages ({outcomes:,} outcomes), 4 partitions × 2 topics, one core:")
-        print(f"  bare kafka-python consumer, read + msgspec decode: {bare:>9,.0f} messages/s")
+        one = {**env, "LASTMILE__KAFKA__READ_AHEAD": "false", "LASTMILE__KAFKA__GROUP_ID": f"bench-one-{preds}",
+               "LASTMILE__CHECKPOINT__DIRECTORY": tempfile.mkdtemp(prefix="lastmile-bench-")}
+        rate_one, _ = daemon_loop(one, total)
+        print(f"{total:,} messages ({outcomes:,} outcomes), 4 partitions × 2 topics:")
+        print(f"  bare kafka-python consumer, read + msgspec decode: {bare:>9,.0f} messages/s (one process)")
         print(f"  lastmile daemon loop:                              {rate:>9,.0f} messages/s "
-              f"= {rate * outcomes / total:,.0f} outcomes/s")
-        print(f"  ratio daemon / bare consumer: {rate / bare:.2f}", flush=True)
+              f"= {rate * outcomes / total:,.0f} outcomes/s (kafka.read_ahead: the consumer in a second process)")
+        print(f"  lastmile daemon loop, kafka.read_ahead=false:      {rate_one:>9,.0f} messages/s (one process)")
+        print(f"  ratio daemon / bare consumer: {rate / bare:.2f} (read_ahead=false: {rate_one / bare:.2f})", flush=True)
         print(restart_to_ready(env, free_port()), flush=True)
     finally:
         if broker.process is not None:
