@@ -46,7 +46,7 @@ from monitor.config import Config
 from monitor.delivery import Dispatcher
 from monitor.engine import Engine
 from monitor.exposition import SliceCollector
-from monitor.prefetch import ReadAheadConsumer
+from monitor.prefetch import ReadAheadConsumer, unpark
 from monitor.auth import RateLimiter, TokenStore
 from monitor.server import Health, Intake, Server
 from monitor.sinks import build_sink
@@ -341,6 +341,7 @@ class Daemon:
     # ---- one turn of the loop ----------------------------------------------------------------
     def step(self) -> None:
         self.health.beat()
+        unpark(self.consumer)  # (in this process, when kafka.read_ahead is off)
         batch = self.consumer.poll(timeout_ms=500, max_records=self.cfg.kafka.max_poll_records)
         if self.listener.changed:
             self._on_assignment()  # this poll's records were fetched from the old positions
