@@ -8,18 +8,22 @@ already joined are remembered for one TTL so a repeated prediction or feedback i
 a duplicate instead of being joined twice.
 
 Pending entries are stored in columns, not as events: an insertion-ordered dict id → slot
-(its order is the expiry order), and per slot the event time (float64), a context code and the
-value the other half needs (a prediction's output; feedback's label). The context code indexes
-a table of the distinct (kind, model, tenant, attributes) combinations, so the thousands of
-pending predictions that share a handful of attribute values hold one dict between them. Freed
-slots are reused. The entries' order is also kept as a queue of (slot, sequence number), so the
-oldest is found in O(1) (expiry and eviction take it on every event at steady state). About 325
-bytes per pending ASR prediction with ~14 words of text, of which the id and the text
-themselves are ~200 and the order ~32 (``lastmile bench``).
+(its order is the expiry order), and per slot the id, the event time (float64), a context code
+and the value the other half needs (a prediction's output; feedback's label). The context code
+indexes a table of the distinct (kind, model, tenant, attributes) combinations, so the thousands
+of pending predictions that share a handful of attribute values hold one dict between them (a
+code takes 2 bytes while the table has at most 2**16 entries, then 4). Slots are given out in
+insertion order and never reused, so the columns are in the dict's order: the oldest entry is
+the first slot from a head on that still holds an id, found in O(1) amortized (expiry and
+eviction take it on every event at steady state; a dict's first key costs a scan over what was
+deleted from its front). A removed entry leaves a hole; once the slots exceed 2 × pending + 4096
+the columns are rebuilt from the dict and its slots renumbered, O(n) once per n removals. About
+300 bytes per pending ASR prediction with ~14 words of text (299.5 measured), of which the id and
+the text themselves are ~205, the dict ~38 and its slot int 28 (``lastmile bench``).
 
 Checkpoints (:meth:`Joiner.state`) are columns too: numpy arrays and msgpack blobs encoded in
 C, never per-item Python. An incremental state holds only what changed since the previous
-one: the entries added since (a suffix of the insertion order, found by a flag in their code),
+one: the entries added since (a suffix of the insertion order: the slots from a mark on),
 the ids removed that the previous state held, the joined ids added (the joined-id memory only
 ever loses its oldest entries, so a count says what it lost). :meth:`Joiner.restore` applies a
 full state and the increments after it, and checks that each continues the one before.
@@ -36,7 +40,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from itertools import islice, repeat
+from itertools import islice, repeat, takewhile
 from typing import Any, NamedTuple
 
 import msgspec
@@ -47,11 +51,12 @@ from monitor.events import Event
 #: label delay histogram buckets (seconds): 1s … 30d, then +Inf
 LABEL_DELAY_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0, 30 * 86400.0)
 
-_NEW = 1 << 31  # in a slot's code: inserted since the last state(), so the next increment writes it
-_CODE = _NEW - 1  # the context code itself
+_MAX_CONTEXTS = 1 << 31
+_U16 = "H"  # the context codes' column while the table has at most 2**16 entries (then _U32)
 _U32 = next(t for t in "IL" if array(t).itemsize == 4)
 _EXT_SCORED = 1  # msgpack extension type of a _Scored value
 _CTX_SLACK = 4096  # the context table is compacted once it exceeds 2 × pending + this
+_SLOT_SLACK = 4096  # the pending columns are compacted once they exceed 2 × pending + this
 
 
 @contextmanager
@@ -165,15 +170,9 @@ def _interned(value: Any) -> Any:
     return sys.intern(value) if type(value) is str and len(value) <= 64 else value
 
 
-def _clear_new(codes: array, slots: list[int] | None = None) -> None:
-    """Clear the 'new since the last state' flag of these slots (all when None)."""
-    if not len(codes):
-        return
-    view = np.frombuffer(codes, dtype=np.uint32)  # released on return: the array may grow again
-    if slots is None:
-        view &= _CODE
-    elif slots:
-        view[slots] &= _CODE
+def _view(codes: array) -> np.ndarray:
+    """The codes' column as numpy (release it before the array grows again)."""
+    return np.frombuffer(codes, dtype=codes.typecode)
 
 
 def _columns(times: array, codes: array, values: list[Any], order: list[int]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
@@ -182,12 +181,12 @@ def _columns(times: array, codes: array, values: list[Any], order: list[int]) ->
     if not n:
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.uint32), []
     ts_view = np.frombuffer(times, dtype=np.float64)
-    code_view = np.frombuffer(codes, dtype=np.uint32)
+    code_view = _view(codes)
     index = np.array(order, dtype=np.intp)
     if order[0] + n - 1 == order[-1] and np.array_equal(index, np.arange(order[0], order[0] + n)):
-        lo, hi = order[0], order[0] + n  # one run of slots (after a restore, or no slot reused): slices
-        return ts_view[lo:hi].copy(), code_view[lo:hi] & np.uint32(_CODE), values[lo:hi]
-    return ts_view[index], code_view[index] & np.uint32(_CODE), list(map(values.__getitem__, order))
+        lo, hi = order[0], order[0] + n  # one run of slots (nothing removed in between): slices
+        return ts_view[lo:hi].copy(), code_view[lo:hi].astype(np.uint32), values[lo:hi]
+    return ts_view[index], code_view[index].astype(np.uint32, copy=False), list(map(values.__getitem__, order))
 
 
 class Joiner:
@@ -198,24 +197,17 @@ class Joiner:
         self.watermark = float("-inf")
         self._next_expiry = float("-inf")  # watermark beyond which the front entries may expire
         # pending entries: id → slot, insertion-ordered (the front is (nearly) the oldest, so expiry
-        # and eviction take from the front); per slot its event time, code and value
+        # and eviction take from the front); per slot its id, event time, code and value. Slots
+        # are given out in insertion order, never reused (the columns are in the dict's order) and
+        # renumbered when the columns are rebuilt without the holes removed entries leave.
         self._slot: dict[str, int] = {}
+        self._ids: list[str | None] = []  # None: removed
         self._ts = array("d")
-        self._code = array(_U32)  # context code | _NEW
+        self._code = array(_U16)  # context code (_U32 beyond 2**16 contexts)
         self._val: list[Any] = []  # a prediction's output; feedback's label (or a _Scored)
-        self._free: list[int] = []  # slots to reuse
-        # the pending entries' order, oldest first, found in O(1): (slot, sequence number) as they
-        # were inserted; an item whose slot no longer holds that sequence number is skipped (the
-        # entry was joined). A dict finds its first key by skipping every entry deleted from its
-        # front, O(n) per call, which expiry and eviction would pay on every event.
-        self._order_slot = array("q")
-        self._order_seq = array("q")
-        self._order_head = 0
-        self._next_seq = 0
-        self._occupant = array("q")  # per slot: the sequence number of its entry (-1: free)
-        self._eid_of: list[str | None] = []  # per slot: its entry's id
+        self._head = 0  # every slot before it is a hole: the oldest entry is the first from it on
         self._ctx: list[tuple[str, str | None, str | None, dict[str, str]]] = []  # (kind, model, tenant, attributes)
-        self._ctx_index: dict[tuple[Any, ...], int] = {}  # key → code | _NEW (what a new entry stores)
+        self._ctx_index: dict[tuple[Any, ...], int] = {}  # key → code
         self._done: dict[str, float] = {}  # joined ids → when, insertion-ordered; only its front is ever removed
         # ... and its keys in that order: the oldest found in O(1) (a dict finds its first key by
         # skipping every entry deleted from its front since it last resized: O(n) per call, so
@@ -224,6 +216,7 @@ class Joiner:
         # what changed since the last state() (or restore): what an incremental state holds
         self._token: str | None = None  # names the last state taken or restored (None: none yet)
         self._removed: list[str] = []  # ids removed since, that the last state held
+        self._new_from = 0  # slots from this one on were added since (slots are in insertion order)
         self._ctx_mark = 0  # context table length then
         self._ctx_rebuilt = False  # the table was compacted since (codes changed): the next state is full
         self._done_mark = 0  # joined-id memory length then
@@ -255,36 +248,31 @@ class Joiner:
         if slot is None:  # the first half: pending until the other comes
             if len(slots) >= self.max_pending:
                 oldest = self._oldest()
-                self._remove(self._eid_of[oldest], oldest)  # type: ignore[arg-type]
+                self._remove(self._ids[oldest], oldest)  # type: ignore[arg-type]
                 self.stats.evicted += 1
             try:
                 code = self._ctx_index.get((kind, model, tenant, *attrs, *attrs.values()))
             except TypeError:  # an unhashable attribute value: never from the decoder
                 code = None
             if code is None:
-                code = self._new_context(kind, model, tenant, attrs)  # flagged _NEW too
+                code = self._new_context(kind, model, tenant, attrs)
             if kind == "feedback":
                 value = label if errors is None and units is None else _Scored(label, errors, units)
             else:
                 value = output
-            free = self._free
-            if free:
-                slot = free.pop()
-                self._ts[slot] = ts
-                self._code[slot] = code
-                self._val[slot] = value
-            else:
-                slot = len(self._val)
-                self._ts.append(ts)
-                self._code.append(code)
-                self._val.append(value)
+            slot = len(self._ids)
+            self._ids.append(eid)
+            self._ts.append(ts)
+            self._code.append(code)
+            self._val.append(value)
             slots[eid] = slot
-            self._enqueue(eid, slot)
+            if slot >= 2 * len(slots) + _SLOT_SLACK:
+                self._compact()  # mostly removed entries
             if ts + self.ttl < self._next_expiry:
                 self._next_expiry = ts + self.ttl
             return None
         code = self._code[slot]
-        other_kind, other_model, other_tenant, other_attrs = self._ctx[code & _CODE]
+        other_kind, other_model, other_tenant, other_attrs = self._ctx[code]
         if other_kind == kind:
             self.stats.duplicates[kind] += 1
             return None
@@ -313,22 +301,23 @@ class Joiner:
         if len(self._ctx) >= 2 * len(self._slot) + _CTX_SLACK:
             self._compact_contexts()  # combinations no pending entry uses any more (e.g. a per-request attribute)
         code = len(self._ctx)
-        if code >= _CODE:
+        if code >= _MAX_CONTEXTS:
             raise OverflowError("more than 2**31 distinct attribute combinations pending")
+        if code >= 1 << 16 and self._code.typecode == _U16:
+            self._code = array(_U32, _view(self._code).astype(np.uint32).tobytes())
         self._ctx.append((kind, model, tenant, attrs))
         key = _key(kind, model, tenant, attrs)
         if key is not None:
-            self._ctx_index[key] = code | _NEW
-        return code | _NEW
+            self._ctx_index[key] = code
+        return code
 
     def _compact_contexts(self) -> None:
         order = list(self._slot.values())
         used: list[int] = []
         if order:
-            view = np.frombuffer(self._code, dtype=np.uint32)
-            codes = view[order]
-            unique, inverse = np.unique(codes & _CODE, return_inverse=True)
-            view[order] = (codes & _NEW) | inverse.astype(np.uint32)
+            view = _view(self._code)
+            unique, inverse = np.unique(view[order], return_inverse=True)
+            view[order] = inverse
             del view
             used = unique.tolist()
         self._set_contexts([self._ctx[c] for c in used])
@@ -337,52 +326,33 @@ class Joiner:
     def _remove(self, eid: str, slot: int) -> int:
         """Drop a pending entry (joined, expired or evicted); returns its code."""
         del self._slot[eid]
-        code = self._code[slot]
-        if not code & _NEW:
+        if slot < self._new_from:
             self._removed.append(eid)
+        self._ids[slot] = None
         self._val[slot] = None
-        self._occupant[slot] = -1
-        self._eid_of[slot] = None
-        self._free.append(slot)
-        return code
-
-    def _enqueue(self, eid: str, slot: int) -> None:
-        """A new pending entry in ``slot``: the newest in the order."""
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        if slot == len(self._occupant):
-            self._occupant.append(seq)
-            self._eid_of.append(eid)
-        else:
-            self._occupant[slot] = seq
-            self._eid_of[slot] = eid
-        self._order_slot.append(slot)
-        self._order_seq.append(seq)
-        if len(self._order_slot) - self._order_head > 2 * len(self._slot) + 4096:
-            self._reorder()  # mostly joined entries: rebuilt from the dict, O(n) once per n joins
+        return self._code[slot]
 
     def _oldest(self) -> int:
         """The slot of the oldest pending entry (there is one)."""
-        order, seqs, occupant = self._order_slot, self._order_seq, self._occupant
-        head = self._order_head
-        while occupant[order[head]] != seqs[head]:
+        ids, head = self._ids, self._head
+        while ids[head] is None:
             head += 1
-        if head > 4096 and 2 * head > len(order):  # drop the consumed front, O(n) once per n items
-            del order[:head], seqs[:head]
-            head = 0
-        self._order_head = head
-        return order[head]
+        self._head = head
+        return head
 
-    def _reorder(self) -> None:
-        """The order rebuilt from the pending dict (its insertion order is the entries' order)."""
-        order = np.fromiter(self._slot.values(), dtype=np.int64, count=len(self._slot))
-        occupant = np.frombuffer(self._occupant, dtype=np.int64)
-        seqs = occupant[order]
-        del occupant  # (a view on the array would keep it from growing)
-        self._order_slot, self._order_seq = array("q"), array("q")
-        self._order_slot.frombytes(order.tobytes())
-        self._order_seq.frombytes(seqs.tobytes())
-        self._order_head = 0
+    def _compact(self) -> None:
+        """The columns rebuilt with the pending entries alone, in their order (the dict's)."""
+        slots = self._slot
+        order = list(slots.values())
+        index = np.array(order, dtype=np.intp)
+        self._ts = array("d", np.frombuffer(self._ts, dtype=np.float64)[index].tobytes())
+        self._code = array(self._code.typecode, _view(self._code)[index].tobytes())
+        self._val = list(map(self._val.__getitem__, order))
+        ids = list(slots)
+        slots.update(zip(ids, range(len(ids))))
+        self._ids = ids  # type: ignore[assignment]  # (list[str | None] is invariant)
+        self._head = 0
+        self._new_from = bisect_left(order, self._new_from)
 
     def _remember(self, eid: str, ts: float) -> None:
         done = self._done
@@ -398,14 +368,14 @@ class Joiner:
         horizon = self.watermark - self.ttl
         slots, times, done = self._slot, self._ts, self._done
         next_expiry = float("inf")
-        ctx, stats, eid_of = self._ctx, self.stats, self._eid_of
+        ctx, stats, ids = self._ctx, self.stats, self._ids
         while slots:
             slot = self._oldest()
             ts = times[slot]
             if ts >= horizon:
                 next_expiry = ts + self.ttl
                 break
-            if ctx[self._remove(eid_of[slot], slot) & _CODE][0] == "prediction":  # type: ignore[arg-type]
+            if ctx[self._remove(ids[slot], slot)][0] == "prediction":  # type: ignore[arg-type]
                 stats.expired_unlabelled += 1
             else:
                 stats.expired_orphan += 1
@@ -425,7 +395,7 @@ class Joiner:
         """Everything the join holds, in its order, as plain data (to compare two joiners)."""
         pending = []
         for eid, slot in self._slot.items():
-            kind, model, tenant, attrs = self._ctx[self._code[slot] & _CODE]
+            kind, model, tenant, attrs = self._ctx[self._code[slot]]
             value = self._val[slot]
             if type(value) is _Scored:
                 value = ("scored", value.label, value.errors, value.units)
@@ -435,23 +405,9 @@ class Joiner:
 
     # ---- checkpointing ------------------------------------------------------------------------
     def _new_slots(self) -> list[int]:
-        """Slots of the entries added since the last state, in insertion order: the flagged ones,
-        which are the last in the insertion order (the entries before them were all in that state)."""
-        found: list[int] = []
-        newest_first = reversed(self._slot.values())
-        view = np.frombuffer(self._code, dtype=np.uint32) if len(self._code) else None
-        chunk = 1024
-        while view is not None:
-            slots = list(islice(newest_first, chunk))
-            if not slots:
-                break
-            flagged = (view[slots] & np.uint32(_NEW)) != 0
-            if not flagged.all():
-                found.extend(slots[:int(np.argmin(flagged))])
-                break
-            found.extend(slots)
-            chunk = min(chunk * 4, 1 << 16)
-        del view  # the array may grow again
+        """Slots of the entries added since the last state, in insertion order: the last ones in the
+        dict's order (slots are in that order too)."""
+        found = list(takewhile(self._new_from.__le__, reversed(self._slot.values())))
         found.reverse()
         return found
 
@@ -493,7 +449,6 @@ class Joiner:
         arrays = {"ids": _blob(_ENCODE(ids)), "ts": times, "code": codes, "values": _blob(_ENCODE(values)),
                   "removed": _blob(_ENCODE(removed)), "done_ids": _blob(_ENCODE(done_ids)),
                   "done_ts": np.ascontiguousarray(done_ts)}
-        _clear_new(self._code, order if delta else None)
         self._mark(token)
         return data, arrays
 
@@ -566,24 +521,17 @@ class Joiner:
         live = np.fromiter(slots.values(), dtype=np.intp, count=len(slots))
         if len(live) and int(all_codes[live].max()) >= len(contexts):
             raise broken("context codes")
-        holes = np.ones(total, dtype=bool)
-        holes[live] = False
         self._slot = slots
         self._ts = array("d")
         self._ts.frombytes(np.ascontiguousarray(np.concatenate(times), dtype="<f8").data.cast("B"))
-        self._code = array(_U32)
-        self._code.frombytes(np.ascontiguousarray(all_codes, dtype="<u4").data.cast("B"))
+        typecode = _U16 if len(contexts) <= 1 << 16 else _U32
+        self._code = array(typecode, all_codes.astype(typecode).tobytes())
         self._val = values
-        self._free = np.flatnonzero(holes).tolist()
-        occupant = np.full(total, -1, dtype=np.int64)
-        occupant[live] = np.arange(len(live))  # (live is in the dict's order: the entries' order)
-        self._occupant = array("q")
-        self._occupant.frombytes(occupant.tobytes())
-        eid_of = np.empty(total, dtype=object)
-        eid_of[live] = list(slots)
-        self._eid_of = eid_of.tolist()
-        self._next_seq = len(slots)
-        self._reorder()
+        id_of = np.empty(total, dtype=object)  # None where an entry was removed
+        id_of[live] = list(slots)
+        self._ids, self._head = id_of.tolist(), 0
+        if total > 2 * len(slots) + _SLOT_SLACK:
+            self._compact()
         self._set_contexts(contexts)
         self._done, self._done_order = done, deque(done)
         self._restore_scalars(data)
@@ -601,7 +549,7 @@ class Joiner:
         for code, entry in enumerate(contexts):
             key = _key(*entry)
             if key is not None:
-                self._ctx_index.setdefault(key, code | _NEW)
+                self._ctx_index.setdefault(key, code)
 
     def _restore_scalars(self, data: Mapping[str, Any]) -> None:
         self.watermark = data["watermark"]
@@ -610,7 +558,7 @@ class Joiner:
 
     def _mark(self, token: str | None) -> None:
         self._token = token
-        self._removed = []
+        self._removed, self._new_from = [], len(self._ids)
         self._ctx_mark, self._ctx_rebuilt = len(self._ctx), False
         self._done_mark, self._done_dropped = len(self._done), 0
 
@@ -627,5 +575,4 @@ class Joiner:
             self._done = msgspec.msgpack.decode(state["done"], type=dict[str, float])
             self._done_order = deque(self._done)
         self._restore_scalars(state)
-        _clear_new(self._code)
         self._mark(None)  # the next state is a full one

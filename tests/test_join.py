@@ -243,10 +243,9 @@ def test_checkpointed_joins_continue_like_the_uninterrupted_one() -> None:
 
 
 def _queued(j: Joiner) -> list[str | None]:
-    """The pending ids as the order queue holds them: its live items, oldest first."""
-    head = j._order_head
-    return [j._eid_of[slot] for slot, seq in zip(j._order_slot[head:], j._order_seq[head:])
-            if j._occupant[slot] == seq]
+    """The pending ids as the slots hold them from the head on (the order expiry and eviction
+    take), oldest first."""
+    return [eid for eid in j._ids[j._head:] if eid is not None]
 
 
 def test_the_order_queues_hold_the_dicts_order_and_stay_bounded() -> None:
@@ -272,7 +271,7 @@ def test_the_order_queues_hold_the_dicts_order_and_stay_bounded() -> None:
             j.add(ev)
             if i % 997 == 0:
                 assert _queued(j) == list(j._slot) and list(j._done_order) == list(j._done)
-                assert len(j._order_slot) - j._order_head <= 2 * j.pending + 4096
+                assert len(j._ids) - j._head <= 2 * j.pending + 4096
             if i == 50_000:
                 data, arrays = j.state()
                 j = Joiner(ttl, cap)
@@ -330,6 +329,26 @@ def test_the_context_table_stays_bounded_with_per_request_attributes() -> None:
     fresh = Joiner(1e6, 1000)
     fresh.restore([part])
     assert fresh.contents() == j.contents()
+
+
+def test_more_than_2_16_attribute_combinations_pending() -> None:
+    """Context codes take 2 bytes each until the table outgrows them, then 4: the join and its
+    checkpoints (a full state taken before, an increment after) are the same either side."""
+    n = (1 << 16) + 1000
+    j = Joiner(1e9, 10 * n)
+    for i in range(n):
+        j.add(pred(f"p{i}", i, request=f"q{i}"))
+        if i == n // 2:
+            full = j.state()
+    assert j._code.itemsize == 4
+    delta = j.state(delta=True)
+    assert delta[0]["kind"] == "delta"
+    fresh = Joiner(1e9, 10 * n)
+    fresh.restore([full, delta])
+    assert fresh.contents() == j.contents()
+    for k in (0, n - 1):
+        out = fresh.add(fb(f"p{k}", n))
+        assert out is not None and out.attributes == {"request": f"q{k}"}
 
 
 def test_memory_per_pending_classifier_prediction() -> None:
