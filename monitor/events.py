@@ -69,6 +69,7 @@ class Event(NamedTuple):
     units: float | None
 
 
+_MAX_TS = 32503680000.0  # year 3000: later event times are refused
 _MINUTES: dict[str, float] = {}  # "2026-11-24T10:00" → epoch seconds, for UTC timestamps
 
 
@@ -120,7 +121,7 @@ def parse_ts(value: Any) -> float:
         ts = dt.timestamp()
     else:
         raise ValueError(f"a timestamp is RFC 3339 text or epoch seconds, got {type(value).__name__}")
-    if not math.isfinite(ts) or ts < 0 or ts > 32503680000.0:  # year 3000
+    if not math.isfinite(ts) or ts < 0 or ts > _MAX_TS:
         raise ValueError(f"{value!r} is out of range")
     return ts
 
@@ -226,7 +227,9 @@ class Decoder:
         ts = w.ts
         if ts is None:
             raise InvalidEvent("missing_timestamp")
-        if type(ts) is not str or (ts := _fast_utc(ts)) is None:  # (the common wire format, first)
+        if type(ts) is float and 0.0 <= ts <= _MAX_TS:  # epoch seconds in range: nothing to parse
+            pass
+        elif type(ts) is not str or (ts := _fast_utc(ts)) is None:  # (the common wire format, first)
             try:
                 ts = parse_ts(w.ts)
             except ValueError as exc:

@@ -251,6 +251,32 @@ def test_runs_round_trip_events_and_submissions_exactly(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("times, disjoint", [
+    ([[1, 2, 3], [3, 3, 4], [6, 7]], True),  # ties at a boundary: the earlier run's go first
+    ([[1, 2, 5], [3, 4], [6]], False),
+    ([[1, 1], [], [1, 2]], True),
+])
+def test_runs_that_do_not_overlap_are_read_one_after_the_other(tmp_path: Path, monkeypatch, times, disjoint) -> None:
+    merges: list[int] = []
+    merge = replay_module.heapq.merge
+
+    def counted(*its, **kw):
+        merges.append(len(its))
+        return merge(*its, **kw)
+
+    monkeypatch.setattr(replay_module.heapq, "merge", counted)
+    runs_in = [[Event("outcome", f"r{r}-{k}", T0 + t, "m", None, {}, 1, 1, None, None) for k, t in enumerate(run)]
+               for r, run in enumerate(times)]
+    with Runs(tmp_path, block=2) as runs:
+        for run in runs_in:
+            if run:
+                runs.spill(run)
+        back = list(runs.merged())
+    everything = [ev for run in runs_in for ev in run]
+    assert back == sorted(everything, key=lambda ev: ev.ts)  # a stable sort of the whole input
+    assert merges == ([] if disjoint else [len([r for r in times if r])])
+
+
 def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path, monkeypatch) -> None:
     events = write(tmp_path / "events.jsonl", stream(n=4000, seed=2))
     spill = tmp_path / "spill"
