@@ -107,8 +107,11 @@ def consumer_config(cfg: Config) -> dict[str, Any]:
 class Daemon:
     def __init__(self, cfg: Config, consumer_factory: Callable[..., Any] | None = None,
                  producer_factory: Callable[..., Any] | None = None, clock: Callable[[], float] = time.monotonic,
-                 on_alert: Callable[[Alert], None] | None = None):
+                 on_alert: Callable[[Alert], None] | None = None, freeze_gc: bool = False):
+        """``freeze_gc``: the daemon owns the process (``lastmile run``) and, after each restore,
+        leaves what exists out of the cyclic collector's full collections (see :meth:`_restore`)."""
         self.cfg = cfg
+        self._freeze_gc = freeze_gc
         self.clock = clock
         self.store = CheckpointStore(cfg.resolve_path(cfg.checkpoint.directory), cfg.checkpoint.keep)
         self.collector = SliceCollector(cfg.http.series_budget)
@@ -253,7 +256,8 @@ class Daemon:
         if not self._dirty and self._loaded is not None and self.store.latest_sequence() == self._loaded[0]:
             return self._loaded[1]
         ckpt = self.store.latest()
-        gc.unfreeze()  # the engine being replaced: collectable again, cycles included
+        if self._freeze_gc:
+            gc.unfreeze()  # the engine being replaced: collectable again, cycles included
         self.engine = Engine(self.cfg, ordered=True, wall_clock=time.time)
         if ckpt is not None:
             self.engine.restore(ckpt.data, ckpt.arrays, ckpt.earlier)
@@ -264,10 +268,12 @@ class Daemon:
         self._loaded = (ckpt.sequence if ckpt is not None else 0, offsets)
         self._dirty = False
         del ckpt
-        # what exists now (modules, the restored state) is left out of the cyclic collector's full
-        # collections, which would otherwise walk it again every few ten thousand events (as in replay)
-        gc.collect()
-        gc.freeze()
+        if self._freeze_gc:
+            # what exists now (modules, the restored state) is left out of the cyclic collector's
+            # full collections, which would otherwise walk it again every few ten thousand events
+            # (as in replay)
+            gc.collect()
+            gc.freeze()
         self.health.restored = True
         self._publish(force=True)
         return offsets
@@ -501,4 +507,4 @@ class Daemon:
 def run_daemon(cfg: Config) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return Daemon(cfg).run()
+    return Daemon(cfg, freeze_gc=True).run()

@@ -70,3 +70,24 @@ def test_unreachable_kafka_at_start_keeps_the_daemon_live_not_ready_and_stoppabl
     assert time.monotonic() - started < 5
     assert len(attempts) >= 2  # it retried
     assert d.health.live()[0] and not d.health.ready()[0]
+
+
+def test_only_a_daemon_that_owns_the_process_freezes_the_collector_and_it_frees_the_engine_it_replaces(
+        tmp_path) -> None:
+    import gc
+    import weakref
+
+    cfg = make_config(checkpoint={"directory": str(tmp_path)})
+    Daemon(cfg)._restore()
+    assert gc.get_freeze_count() == 0  # embedded (tests, the bench's callers): left alone
+    d = Daemon(cfg, freeze_gc=True)  # as `lastmile run`
+    try:
+        d._restore()
+        assert gc.get_freeze_count() > 0
+        replaced = weakref.ref(d.engine)
+        d._dirty = True  # (processed something since: the next assignment restores afresh)
+        d._restore()
+        assert replaced() is None  # not kept by the freeze, reference cycles and all
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -58,7 +58,7 @@ def bare_consumer(bootstrap: str, topics: list[str], total: int) -> float:
 
 def daemon_loop(cfg_env: dict[str, str], total: int) -> tuple[float, int]:
     cfg = load_config(ROOT / "config" / "asr.yaml", environ=cfg_env)
-    daemon = Daemon(cfg, on_alert=lambda a: None)
+    daemon = Daemon(cfg, on_alert=lambda a: None, freeze_gc=True)  # as `lastmile run`
     daemon._restore()
     daemon._connect()
     started = None
