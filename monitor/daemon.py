@@ -1,6 +1,6 @@
 """``lastmile run``: the engine on Kafka, with exactly-once state across restarts.
 
-The loop, one thread, in order::
+The loop, one thread (the consumer may read ahead in a second process), in order::
 
     poll ─▶ (assignment changed? restore the last checkpoint, seek to its offsets) ─▶ decode
          ─▶ engine ─▶ alerts ─▶ publish snapshot ─▶ every interval: checkpoint, then commit
@@ -11,6 +11,9 @@ The loop, one thread, in order::
   (or, for a partition it does not cover, to the group's committed offset), so work done after
   the last checkpoint is simply redone: kill -9 at any moment loses nothing and counts nothing
   twice.
+* With ``kafka.read_ahead`` (the default) poll() is answered by a consumer in a second process
+  that fetched these records while the previous ones were processed (:mod:`monitor.prefetch`);
+  it gives back exactly what a consumer in this process would, seeks and pauses included.
 * Rebalance callbacks run on kafka-python's IO thread while this thread waits inside poll():
   they only record that the assignment changed; the records of that poll are discarded and
   re-read after the seek.
