@@ -41,7 +41,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from kafka import ConsumerRebalanceListener
 
 from monitor.alerts import Alert
 from monitor.checkpoint import CheckpointError, CheckpointStore
@@ -49,7 +48,7 @@ from monitor.config import Config
 from monitor.delivery import Dispatcher
 from monitor.engine import Engine
 from monitor.exposition import SliceCollector
-from monitor.prefetch import ReadAheadConsumer, unpark
+from monitor.prefetch import AssignmentChanges, ReadAheadConsumer, unpark
 from monitor.auth import RateLimiter, TokenStore
 from monitor.server import Health, Intake, Server
 from monitor.sinks import build_sink
@@ -67,19 +66,6 @@ class _StopRequested(Exception):
 
 class InvalidLimitExceeded(RuntimeError):
     """Nearly every recent event was invalid: a misconfigured topic or field mapping."""
-
-
-class _Listener(ConsumerRebalanceListener):
-    """Rebalance callbacks: run on the IO thread, so they only record what happened."""
-
-    def __init__(self) -> None:
-        self.changed = False
-
-    def on_partitions_revoked(self, revoked: Any) -> None:
-        self.changed = True
-
-    def on_partitions_assigned(self, assigned: Any) -> None:
-        self.changed = True
 
 
 def _note(into: list[tuple[int, str]], index: int, reason: str) -> None:
@@ -210,7 +196,7 @@ class Daemon:
                     self.health.beat()
                     time.sleep(0.2)  # not the processing loop: nothing to process yet
                 delay = min(delay * 2, 30.0)
-        self.listener = _Listener()
+        self.listener = AssignmentChanges()
         self.consumer.subscribe(self.topics, listener=self.listener)
         if self.cfg.kafka.dead_letter_topic or self.cfg.submissions.tokens is not None:
             make_producer = self._producer_factory or KafkaProducer

@@ -56,8 +56,10 @@ class ConsumerExited(RuntimeError):
     """The consumer's process ended without being told to."""
 
 
-class _Changes(ConsumerRebalanceListener):
-    """The child's rebalance listener: notes that the assignment changed (reported with the next poll)."""
+class AssignmentChanges(ConsumerRebalanceListener):
+    """Rebalance callbacks that only note that the assignment changed: they run on kafka-python's
+    IO thread, while poll() waits (the daemon's, and the read-ahead child's, which reports it with
+    the next poll)."""
 
     def __init__(self) -> None:
         self.changed = False
@@ -115,7 +117,7 @@ def _serve(conn: Connection, config: dict[str, Any]) -> None:  # pragma: no cove
         _send_error(conn, exc)
         return
     conn.send(("ok", None))
-    changes = _Changes()
+    changes = AssignmentChanges()
     ahead: list[Any] | None = None  # records fetched before the daemon asked for them
     ahead_records = 0  # max_records of the poll that is read ahead
 

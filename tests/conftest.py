@@ -29,3 +29,19 @@ def make_config(**sections: Any) -> Config:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="module")
+def broker():
+    """A Kafka-compatible broker for a test module (:mod:`tests.kafka_harness`): continued if a
+    test left it stopped, then killed."""
+    import signal
+
+    from tests.kafka_harness import start_broker
+
+    b = start_broker()
+    yield b
+    if b.process is not None:
+        b.process.send_signal(signal.SIGCONT)
+        b.process.kill()
+        b.process.wait()

@@ -24,21 +24,11 @@ from monitor.replay import replay
 from monitor.simulate import SpeechScenario
 from monitor.table import slice_table
 from tests.conftest import ROOT
-from tests.kafka_harness import Broker, free_port, produce, start_broker
+from tests.kafka_harness import Broker, free_port, produce
 from tests.poison import poison
 from tests.receivers import PostCollector
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def broker():
-    b = start_broker()
-    yield b
-    if b.process is not None:
-        b.process.send_signal(signal.SIGCONT)
-        b.process.kill()
-        b.process.wait()
 
 
 class DaemonProcess:

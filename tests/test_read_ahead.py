@@ -18,18 +18,9 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from monitor.prefetch import ReadAheadConsumer, unpark
-from tests.kafka_harness import free_port, start_broker
+from tests.kafka_harness import free_port
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def broker():
-    b = start_broker()
-    yield b
-    if b.process is not None:
-        b.process.kill()
-        b.process.wait()
 
 
 def _fill(bootstrap: str, topic: str, partitions: int, per_partition: int) -> None:
