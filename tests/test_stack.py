@@ -22,7 +22,7 @@ from monitor.simulate import SpeechScenario
 from tests.conftest import ROOT
 from tests.kafka_harness import free_port, produce
 from tests.receivers import PostCollector
-from tests.test_daemon import DaemonProcess, broker  # noqa: F401 - the broker fixture
+from tests.test_daemon import DaemonProcess
 from tests.test_deploy import tool
 
 pytestmark = pytest.mark.slow
