@@ -12,7 +12,7 @@ The loop, one thread (the consumer may read ahead in a second process), in order
   the last checkpoint is simply redone: kill -9 at any moment loses nothing and counts nothing
   twice.
 * With ``kafka.read_ahead`` (the default) poll() is answered by a consumer in a second process
-  that fetched these records while the previous ones were processed (:mod:`monitor.prefetch`);
+  that fetched these records while the previous ones were processed (:mod:`monitor.consumer`);
   it gives back exactly what a consumer in this process would, seeks and pauses included.
 * Rebalance callbacks run on kafka-python's IO thread while this thread waits inside poll():
   they only record that the assignment changed; the records of that poll are discarded and
@@ -48,7 +48,7 @@ from monitor.config import Config
 from monitor.delivery import Dispatcher
 from monitor.engine import Engine
 from monitor.exposition import SliceCollector
-from monitor.prefetch import AssignmentChanges, ReadAheadConsumer, unpark
+from monitor.consumer import AssignmentChanges, Consumer, ReadAheadConsumer
 from monitor.auth import RateLimiter, TokenStore
 from monitor.server import Health, Intake, Server
 from monitor.sinks import build_sink
@@ -177,10 +177,10 @@ class Daemon:
 
     def _connect(self) -> None:
         """Connect, retrying with backoff while the brokers cannot be reached (live, not ready)."""
-        from kafka import KafkaConsumer, KafkaProducer
+        from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
-        make_consumer = self._consumer_factory or (ReadAheadConsumer if self.cfg.kafka.read_ahead else KafkaConsumer)
+        make_consumer = self._consumer_factory or (ReadAheadConsumer if self.cfg.kafka.read_ahead else Consumer)
         delay = 1.0
         while True:
             try:
@@ -336,7 +336,6 @@ class Daemon:
     # ---- one turn of the loop ----------------------------------------------------------------
     def step(self) -> None:
         self.health.beat()
-        unpark(self.consumer)  # (in this process, when kafka.read_ahead is off)
         batch = self.consumer.poll(timeout_ms=500, max_records=self.cfg.kafka.max_poll_records)
         if self.listener.changed:
             self._on_assignment()  # this poll's records were fetched from the old positions

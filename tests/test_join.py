@@ -376,3 +376,16 @@ def test_memory_per_pending_classifier_prediction() -> None:
     per = used / joiner.pending
     print(f"{per:.0f} bytes per pending classifier prediction")
     assert joiner.pending == 100_000 and per <= 300, per
+
+
+@pytest.mark.slow
+def test_memory_per_pending_asr_prediction_is_what_the_readme_states() -> None:
+    """``lastmile bench``'s own measurement (100,000 pending ASR predictions, ~15 words of text,
+    id and text included): at most 300 bytes each, the figure the README gives."""
+    from monitor.bench import memory_per_pending
+    from monitor.demo import builtin_config
+    from monitor.simulate import SpeechScenario
+
+    lines = list(SpeechScenario(outcomes=110_000, seed=1, malformed=0.0).events())
+    per, pending = memory_per_pending(builtin_config(), lines)
+    assert pending == 100_000 and per <= 300, per

@@ -1,9 +1,8 @@
 """The consumer that reads ahead in a second process (``kafka.read_ahead``) against a real broker:
 whatever the daemon seeks, pauses and resumes, it is handed each partition's records in order,
-from the positions it asked for, never one it did not ask for. The same holds for kafka-python's
-consumer in this process with :func:`monitor.prefetch.unpark` before each poll, as the daemon
-calls it (without it, a resumed partition can stall for good: kafka-python 3.0's parking of a
-paused partition's records)."""
+from the positions it asked for, never one it did not ask for. The same holds for the consumer
+in this process, :class:`monitor.consumer.Consumer` (with kafka-python's own, a resumed
+partition can stall for good: kafka-python 3.0's parking of a paused partition's records)."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from monitor.prefetch import ReadAheadConsumer, unpark
+from monitor.consumer import Consumer, ReadAheadConsumer
 from tests.kafka_harness import free_port
 
 pytestmark = pytest.mark.slow
@@ -32,21 +31,12 @@ def _fill(bootstrap: str, topic: str, partitions: int, per_partition: int) -> No
     producer.close()
 
 
-class _InProcess(KafkaConsumer):
-    """kafka-python's consumer, polled as the daemon polls it."""
-
-    def poll(self, *args, **kwargs):
-        unpark(self)
-        return super().poll(*args, **kwargs)
-
-
 def _consumer(bootstrap: str, group: str, kind: type = ReadAheadConsumer):
     return kind(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
                 max_poll_records=37, session_timeout_ms=6000, heartbeat_interval_ms=2000)
 
 
-@pytest.mark.parametrize("kind, seed", [(ReadAheadConsumer, 5), (ReadAheadConsumer, 6), (_InProcess, 5),
-                                        (_InProcess, 6)])
+@pytest.mark.parametrize("kind, seed", [(ReadAheadConsumer, 5), (ReadAheadConsumer, 6), (Consumer, 5), (Consumer, 6)])
 def test_seeks_pauses_and_resumes_give_each_partition_in_order_from_where_asked(broker, kind, seed) -> None:
     (topic,) = broker.create_topics(3, "read-ahead")
     per_partition = 600
@@ -118,7 +108,7 @@ def test_an_unreachable_broker_raises_kafkas_error_from_the_constructor() -> Non
 
 _KILLED_PARENT = r"""
 import sys, time
-from monitor.prefetch import ReadAheadConsumer, unpark
+from monitor.consumer import ReadAheadConsumer
 c = ReadAheadConsumer(bootstrap_servers=sys.argv[1], group_id="orphan", auto_offset_reset="earliest")
 c.subscribe(["orphan-topic"])
 c.poll(timeout_ms=100)

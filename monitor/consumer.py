@@ -1,10 +1,11 @@
-"""The Kafka consumer in a second process, one poll ahead of the engine.
+"""The daemon's Kafka consumer: kafka-python's, mended (:class:`Consumer`), optionally in a second
+process one poll ahead of the engine (:class:`ReadAheadConsumer`, ``kafka.read_ahead``).
 
 kafka-python parses fetched record batches in Python, so merely reading the topics costs about
-as much CPU as monitoring them. :class:`ReadAheadConsumer` runs the ``KafkaConsumer`` in a child
+as much CPU as monitoring them. :class:`ReadAheadConsumer` runs a :class:`Consumer` in a child
 process and stands in for it in the daemon, with the methods the daemon calls: after a poll
 returns records, the child fetches the next poll's while the engine processes these, so reading
-and processing overlap on two cores (``kafka.read_ahead``).
+and processing overlap on two cores.
 
 Exactly-once is unaffected. The daemon's positions, checkpoints and commits are those of the
 records it was handed, never the child's read position; and whenever the daemon seeks, pauses or
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
-from kafka import ConsumerRebalanceListener
+from kafka import ConsumerRebalanceListener, KafkaConsumer
 
 #: what the child fetches ahead waits at most this long for records: a request the daemon makes
 #: meanwhile (highwater, commit, ...) is answered after it
@@ -38,8 +39,7 @@ _AHEAD_TIMEOUT_MS = 100
 #: the daemon is gone: leaving its group may take this long (it can wait for a join in progress)
 _ORPHAN_CLOSE_MS = 3000
 #: calls that change what the next poll returns: the child rewinds what it read ahead first
-_REWINDING = frozenset({"seek", "seek_to_beginning", "seek_to_end", "pause", "resume", "subscribe", "unsubscribe",
-                        "assign"})
+_REWINDING = frozenset({"seek", "seek_to_beginning", "seek_to_end", "pause", "resume", "subscribe"})
 
 
 class Record(NamedTuple):
@@ -71,22 +71,25 @@ class AssignmentChanges(ConsumerRebalanceListener):
         self.changed = True
 
 
-def unpark(consumer: Any) -> None:
-    """Work around a kafka-python 3.0 bug that stops a resumed partition for good; call before
-    every ``poll``. A no-op for any other consumer, or a kafka-python without that code.
+class Consumer(KafkaConsumer):  # type: ignore[misc]
+    """kafka-python's consumer, with a 3.0 bug that stops a resumed partition for good worked
+    around before every poll (a no-op with a kafka-python without that code).
 
     Records fetched for a partition that is then paused are parked, and are given back once it is
     resumed (KAFKA-7548, dpkp/kafka-python#2981), but only when the fetcher's in-line slot is
     ``None``. After its records are taken, that slot holds a drained, falsy ``PartitionRecords``,
     not ``None``, so parked records wait forever, and no new fetch is sent for their partition
     while they wait. The partition is resumed but never read again (with tansu: 4 of 6 seeded
-    pause/resume runs stalled; with this, none). Emptying the drained slot is what kafka-python
-    itself treats it as everywhere else, so nothing else changes.
+    pause/resume runs of a plain KafkaConsumer stalled; with this, none). Emptying the drained
+    slot is what kafka-python itself treats it as everywhere else, so nothing else changes.
     """
-    fetcher = getattr(consumer, "_fetcher", None)
-    current = getattr(fetcher, "_next_partition_records", None)
-    if current is not None and not current:
-        fetcher._next_partition_records = None  # type: ignore[union-attr]
+
+    def poll(self, *args: Any, **kwargs: Any) -> Any:
+        fetcher = getattr(self, "_fetcher", None)
+        current = getattr(fetcher, "_next_partition_records", None)
+        if current is not None and not current:
+            fetcher._next_partition_records = None  # type: ignore[union-attr]
+        return super().poll(*args, **kwargs)
 
 
 def _columns(batch: dict[Any, list[Any]]) -> list[tuple[str, int, list[tuple[int, bytes | None, bytes | None]]]]:
@@ -109,17 +112,17 @@ def _serve(conn: Connection, config: dict[str, Any]) -> None:  # pragma: no cove
     """The child: a KafkaConsumer that answers the daemon's calls, reading one poll ahead."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     try:
-        consumer = KafkaConsumer(**config)
+        consumer = Consumer(**config)
     except BaseException as exc:  # noqa: BLE001 - handed to the daemon, which decides
         _send_error(conn, exc)
         return
     conn.send(("ok", None))
-    changes = AssignmentChanges()
+    changes = AssignmentChanges()  # reported, and cleared, with the next poll the daemon makes
     ahead: list[Any] | None = None  # records fetched before the daemon asked for them
-    ahead_records = 0  # max_records of the poll that is read ahead
+    reading_ahead, ahead_max = False, None  # (data is flowing: fetch the next poll, of this many records)
 
     def rewind() -> None:
         nonlocal ahead
@@ -131,39 +134,22 @@ def _serve(conn: Connection, config: dict[str, Any]) -> None:  # pragma: no cove
                     consumer.seek(tp, items[0][0])
         ahead = None
 
-    def poll(timeout_ms: int, max_records: int | None) -> tuple[bool, list[Any]]:
-        unpark(consumer)
-        records = _columns(consumer.poll(timeout_ms=timeout_ms, max_records=max_records))
-        changed, changes.changed = changes.changed, False
-        return changed, records
-
     try:
         while True:
-            if ahead is None and ahead_records and not conn.poll(0):
-                changed, records = poll(_AHEAD_TIMEOUT_MS, ahead_records)
-                if changed:
-                    changes.changed = True  # reported with the next poll the daemon makes
-                ahead = records or None
-                if not records:
-                    ahead_records = 0  # caught up: wait to be asked
+            if reading_ahead and ahead is None and not conn.poll(0):
+                ahead = _columns(consumer.poll(timeout_ms=_AHEAD_TIMEOUT_MS, max_records=ahead_max)) or None
+                reading_ahead = ahead is not None  # caught up: wait to be asked
                 continue
             try:
                 name, args, kwargs = conn.recv()
-            except (EOFError, OSError):  # the daemon is gone
+            except EOFError:  # the daemon is gone
                 break
             try:
                 if name == "poll":
-                    if ahead is not None:
-                        result: Any = (changes.changed, ahead)
-                        changes.changed, ahead = False, None
-                    else:
-                        result = poll(kwargs.get("timeout_ms", 0), kwargs.get("max_records"))
-                    ahead_records = (kwargs.get("max_records") or config.get("max_poll_records", 500)) \
-                        if result[1] else 0
-                elif name == "subscribe":
-                    rewind()
-                    consumer.subscribe(*args, listener=changes)
-                    result = None
+                    records = ahead if ahead is not None else _columns(consumer.poll(**kwargs))
+                    result: Any = (changes.changed, records)
+                    changes.changed, ahead = False, None
+                    reading_ahead, ahead_max = bool(records), kwargs.get("max_records")
                 elif name == "close":
                     consumer.close(**kwargs)
                     conn.send(("ok", None))
@@ -171,12 +157,14 @@ def _serve(conn: Connection, config: dict[str, Any]) -> None:  # pragma: no cove
                 else:
                     if name in _REWINDING:
                         rewind()
+                    if name == "subscribe":
+                        kwargs = {**kwargs, "listener": changes}
                     result = getattr(consumer, name)(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - raised again in the daemon
                 _send_error(conn, exc)
                 continue
             conn.send(("ok", result))
-    except (BrokenPipeError, EOFError):
+    except OSError:  # the daemon is gone (its end of the pipe closed while we wrote)
         pass
     consumer.close(autocommit=False, timeout_ms=_ORPHAN_CLOSE_MS)  # the daemon is gone: leave the group, briefly
 
@@ -192,7 +180,7 @@ class ReadAheadConsumer:
         # caller's main module again), connected by a socket pair
         ours, theirs = socket.socketpair()
         with theirs:
-            self._process = subprocess.Popen([sys.executable, "-m", "monitor.prefetch", str(theirs.fileno())],
+            self._process = subprocess.Popen([sys.executable, "-m", "monitor.consumer", str(theirs.fileno())],
                                              pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         self._conn = Connection(ours.detach())
         self._listener: Any = None
