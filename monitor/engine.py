@@ -352,20 +352,18 @@ class Engine:
         them only from the submissions topic, which only the authenticated API writes to).
         """
         alerts: list[Alert] = []
-        decode, invalid, events, join = self.decoder.decode, self.invalid, self.events, self.joiner.add
+        invalid, events, join = self.invalid, self.events, self.joiner.add
         watermark, last_ts = self.watermark, None
         future = self.future
         wall_bound = future.wall_bound() if future.wall_clock is not None else None
         # joined outcomes go on to scoring and the detectors a run at a time, in order: anything
         # that must come after them (a submission, events let through by the screen) sends the run first
         joined: list[Outcome] = []
-        for i, raw in enumerate(raws):
-            try:
-                ev = decode(raw)
-            except InvalidEvent as exc:
-                invalid[exc.reason] += 1
+        for i, ev in enumerate(self.decoder.decode_stream(raws)):
+            if isinstance(ev, InvalidEvent):
+                invalid[ev.reason] += 1
                 if on_invalid is not None:
-                    on_invalid(i, exc.reason)
+                    on_invalid(i, ev.reason)
                 continue
             if type(ev) is Submission:
                 if submissions:

@@ -319,12 +319,10 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
             # before sorting); every full buffer is sorted and spilled as a run
             buf: list[Item] = []
             limit, count, read = cfg.sort_buffer, 0, 0
-            decode, screen = engine.decoder.decode, engine.screen
-            for line in _lines(files, progress):
-                try:
-                    ev = decode(line)
-                except InvalidEvent as exc:
-                    engine.invalid[exc.reason] += 1
+            screen = engine.screen
+            for ev in engine.decoder.decode_stream(_lines(files, progress)):
+                if isinstance(ev, InvalidEvent):
+                    engine.invalid[ev.reason] += 1
                     continue
                 buf += screen(ev)
                 read += 1
