@@ -29,7 +29,8 @@ import sys
 import tempfile
 import threading
 from contextlib import ExitStack, contextmanager
-from itertools import chain, islice
+from bisect import bisect_left, bisect_right
+from itertools import chain, count, islice, repeat
 from operator import attrgetter
 from pathlib import Path
 from sys import intern
@@ -46,6 +47,7 @@ from monitor.submissions import Submission
 Item = Union[Event, Submission]
 
 FAN_IN = 64  # runs merged at once; beyond, groups of runs are merged into longer runs first
+RELEASE_EVERY = 4096  # events between two releases of held outcomes (replay's watermark moves on)
 SETTLE_EVERY = 1 << 16  # events between two freezes of what has lived since (see _collector_tuned)
 YOUNG_EVERY = 20_000  # container allocations between two young collections during a replay (700 by default)
 BLOCK = 1024  # events per msgpack block of a run (at most; fewer with a small buffer, see block_size)
@@ -159,32 +161,31 @@ def _encodable(item: Item) -> Item:
     return item._replace(output=_wrap(item.output), label=_wrap(item.label))
 
 
-def _reintern(block: list[Item]) -> list[Item]:
-    """Attribute values interned again, as the decoder interns them: the slice index looks them
-    up for every outcome and finds its own keys by identity (measured: 0.4 µs an event less with
-    than without, the interning included)."""
-    for ev in block:
-        if type(ev) is Event:  # not a submission
-            attrs = ev.attributes
-            for key, value in attrs.items():
-                if len(value) <= 64:
-                    attrs[key] = intern(value)
-    return block
-
-
 def block_size(sort_buffer: int) -> int:
     """Events per block: a merge holds one decoded block of each of up to :data:`FAN_IN` runs, so
     at most one buffer's worth of events (far less with the default buffer)."""
     return max(16, min(BLOCK, sort_buffer // FAN_IN))
 
 
+Context = tuple[Union[str, None], Union[str, None], dict[str, str]]  # an event's model, tenant and attributes
+#: a block as written: event times (of the events), kinds, ids, context codes, the contexts, outputs,
+#: labels, errors, units, and the submissions among the events with their places in the block
+_Block = tuple[list[float], list[str], list[str], list[int], list[Context], list[Any], list[Any],
+               list[Union[float, None]], list[Union[float, None]], list[tuple[int, Submission]]]
+_SHARED_MAX = 10_000  # distinct contexts Runs keeps one shared copy of (then forgets them, and again)
+
+
 class Runs:
     """Sorted runs of events in temporary files, in input order, and their stable merge.
 
-    A run is a sequence of frames: 4 bytes of length (little-endian), then one msgpack array of
-    up to ``block`` items (an :class:`Event` encodes as an array, a :class:`Submission` as a
-    map: decoded back to exactly the same values and types). The directory is made at the first
-    spill and deleted, with every run, by :meth:`close` (also on error).
+    A run is a sequence of frames: 4 bytes of length (little-endian), then one msgpack block of
+    up to ``block`` items, by columns (:data:`_Block`): each field of the events as one array,
+    and each distinct (model, tenant, attributes) once, with a code per event; submissions
+    apart, with their places. Encoding and decoding are a few C-level passes per block, and the
+    events read back share one copy of each context, interned as the decoder interns them (the
+    slice index finds its keys by identity). Decoded back to exactly the same values and types.
+    The directory is made at the first spill and deleted, with every run, by :meth:`close` (also
+    on error).
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, block: int = BLOCK):
@@ -196,7 +197,8 @@ class Runs:
         self._bounds: dict[Path, tuple[float | None, float | None]] = {}  # a run's first and last event time
         self._stack = ExitStack()  # the runs being read: closed by close(), also on error
         self._encode = msgspec.msgpack.Encoder().encode
-        self._decode = msgspec.msgpack.Decoder(list[Item], ext_hook=_unwrap).decode
+        self._decode = msgspec.msgpack.Decoder(_Block, ext_hook=_unwrap).decode
+        self._shared: dict[tuple[Any, ...], Context] = {}  # a context's values → its one shared copy
 
     def spill(self, items: Iterable[Item]) -> None:
         """Write ``items`` (sorted by ``ts``; a list, or an iterator) as the next run."""
@@ -215,37 +217,109 @@ class Runs:
         else:
             it = iter(items)
             blocks = iter(lambda: list(islice(it, size)), [])
-        encode = self._encode
         first = last = None
         with open(path, "wb") as fh:
             for block in blocks:
                 if first is None:
                     first = block[0].ts
                 last = block[-1].ts
-                try:
-                    data = encode(block)  # the whole block in C
-                except OverflowError:  # an output, label or group value beyond 64 bits
-                    data = encode([_encodable(item) for item in block])
+                data = self._pack(block)
                 fh.write(len(data).to_bytes(4, "little"))
                 fh.write(data)
         self._bounds[path] = (first, last)
         return path
 
-    def _blocks(self, path: Path) -> Generator[list[Item], None, None]:
-        with open(path, "rb") as fh:
-            read, decode = fh.read, self._decode
-            while head := read(4):
-                yield _reintern(decode(read(int.from_bytes(head, "little"))))
+    def _pack(self, block: list[Item]) -> bytes:
+        events: list[Event] = [x for x in block if type(x) is Event]
+        subs = [(i, x) for i, x in enumerate(block) if type(x) is not Event] if len(events) < len(block) else []
+        if not events:
+            return self._encode(([], [], [], [], [], [], [], [], [], subs))
+        kinds, ids, times, models, tenants, attrs, outputs, labels, errors, units = zip(*events)
+        # one code per distinct context: the decoder shares its strings and attribute dicts, so
+        # identity finds them (an event whose context is a copy is just one more entry)
+        first: dict[tuple[int, int, int], int] = {}
+        codes = list(map(first.setdefault, zip(map(id, models), map(id, tenants), map(id, attrs)), count()))
+        dense = {at: code for code, at in enumerate(first.values())}
+        contexts = [(models[at], tenants[at], attrs[at]) for at in dense]
+        columns = (times, kinds, ids, list(map(dense.__getitem__, codes)), contexts, outputs, labels, errors, units, subs)
+        try:
+            return self._encode(columns)  # the whole block in C
+        except OverflowError:  # an output, label or group value beyond 64 bits
+            return self._encode((*columns[:5], [_wrap(v) for v in outputs], [_wrap(v) for v in labels],
+                                 errors, units, [(i, _encodable(x)) for i, x in subs]))
 
-    def _merged(self, paths: list[Path]) -> Iterator[Item]:
+    def _unpack(self, data: bytes) -> tuple[list[Item], list[float]]:
+        """A block's items and their event times."""
+        times, kinds, ids, codes, contexts, outputs, labels, errors, units, subs = self._decode(data)
+        contexts = [self._share(c) for c in contexts]
+        models, tenants, attrs = zip(*map(contexts.__getitem__, codes)) if codes else ((), (), ())
+        items: list[Item] = list(map(tuple.__new__, repeat(Event),  # type: ignore[arg-type]
+                                     zip(kinds, ids, times, models, tenants, attrs, outputs, labels, errors, units)))
+        if subs:
+            times = list(times)
+            for i, sub in subs:
+                items.insert(i, sub)
+                times.insert(i, sub.ts)
+        return items, times
+
+    def _share(self, context: Context) -> Context:
+        """The one copy of a context read back, interned as the decoder interns it."""
+        model, tenant, attrs = context
+        key = (model, tenant, *attrs.items())
+        shared = self._shared.get(key)
+        if shared is None:
+            if len(self._shared) >= _SHARED_MAX:
+                self._shared.clear()
+            shared = self._shared[key] = (
+                model if model is None else intern(model), tenant if tenant is None else intern(tenant),
+                {k: intern(v) if len(v) <= 64 else v for k, v in attrs.items()})
+        return shared
+
+    def _blocks(self, path: Path) -> Generator[tuple[list[Item], list[float]], None, None]:
+        with open(path, "rb") as fh:
+            read = fh.read
+            while head := read(4):
+                yield self._unpack(read(int.from_bytes(head, "little")))
+
+    def _merged(self, paths: list[Path]) -> Iterator[list[Item]]:
+        """The items of these runs, stably merged by event time (a tie goes to the earlier run), in
+        slices: the longest stretch of one run that comes before every other run's next item is
+        handed on at once, so runs that meet only at their edges are merged a block at a time."""
         runs = []
         for path in paths:
             blocks = self._blocks(path)
             self._stack.callback(blocks.close)  # its file is closed at the end, or on error
-            runs.append(chain.from_iterable(blocks))
+            runs.append(blocks)
         if self._disjoint(paths):  # (input already in event-time order: one run after the other)
-            return chain.from_iterable(runs)
-        return heapq.merge(*runs, key=_ts)
+            for blocks in runs:
+                for items, _ in blocks:
+                    yield items
+            return
+        heads: list[tuple[list[Item], list[float]]] = []
+        heap: list[tuple[float, int, int]] = []  # (next event time, run, position in its block)
+        for r, blocks in enumerate(runs):
+            head = next(blocks, None)
+            heads.append(head or ([], []))
+            if head:
+                heap.append((head[1][0], r, 0))
+        heapq.heapify(heap)
+        pop, push = heapq.heappop, heapq.heappush
+        while heap:
+            _, r, pos = pop(heap)
+            items, times = heads[r]
+            if heap:  # what comes before the next item of any other run: ties go to the earlier run
+                t, other, _ = heap[0]
+                end = (bisect_right if r < other else bisect_left)(times, t, pos)
+            else:
+                end = len(times)
+            yield items[pos:end] if pos or end < len(items) else items
+            if end == len(times):
+                head = next(runs[r], None)
+                if head is None:
+                    continue
+                heads[r] = head
+                items, times, end = head[0], head[1], 0
+            push(heap, (times[end], r, end))
 
     def _disjoint(self, paths: list[Path]) -> bool:
         """Each run ends no later than the next begins: their stable merge is one after the other
@@ -253,9 +327,10 @@ class Runs:
         bounds = [self._bounds[p] for p in paths if self._bounds[p][0] is not None]
         return all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:]))  # type: ignore[operator]
 
-    def merged(self) -> Iterator[Item]:
-        """Every item of every run, stably sorted by ``ts``. Runs are merged :data:`FAN_IN` at a
-        time (longer runs first while there are more), so memory and open files stay bounded."""
+    def merged_slices(self) -> Iterator[list[Item]]:
+        """Every item of every run, stably sorted by ``ts``, in slices. Runs are merged
+        :data:`FAN_IN` at a time (longer runs first while there are more), so memory and open files
+        stay bounded."""
         while len(self.paths) > FAN_IN:
             longer = []
             for i in range(0, len(self.paths), FAN_IN):
@@ -264,7 +339,7 @@ class Runs:
                     longer.append(group[0])
                     continue
                 try:
-                    longer.append(self._write(self._merged(group)))
+                    longer.append(self._write(chain.from_iterable(self._merged(group))))
                 finally:
                     self._close_files()
                 for p in group:
@@ -272,6 +347,10 @@ class Runs:
                     del self._bounds[p]
             self.paths = longer
         return self._merged(self.paths)
+
+    def merged(self) -> Iterator[Item]:
+        """:meth:`merged_slices`, one item at a time."""
+        return chain.from_iterable(self.merged_slices())
 
     def _close_files(self) -> None:
         self._stack.close()
@@ -336,28 +415,42 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
             buf += engine.screen_end()
             count += len(buf)
             buf.sort(key=_ts)
-            ordered: Iterable[Item] = buf
+            ordered: Iterable[list[Item]] = [buf]
             if runs.paths:  # pass 2: the runs merged (the last buffer too: memory is the engine's now)
                 if buf:
                     runs.spill(buf)
                     buf.clear()
-                ordered = runs.merged()
+                ordered = runs.merged_slices()
+            bar = None
             if progress:
                 from tqdm import tqdm
 
-                ordered = tqdm(ordered, total=count, desc="process", unit="ev", unit_scale=True, file=sys.stderr,
-                               leave=False, mininterval=0.25)
-            feed, release = engine.feed_event, engine.release
-            for n, item in enumerate(ordered, 1):
-                out = feed(item)
-                if out:
-                    emit(out)
-                if n % 4096 == 0:
-                    emit(release(item.ts))  # every later event, and so outcome, is at least this late
-                    if n % SETTLE_EVERY == 0:
-                        settle()
+                bar = tqdm(total=count, desc="process", unit="ev", unit_scale=True, file=sys.stderr, leave=False,
+                           mininterval=0.25)
+            feed, release, n = engine.feed_events, engine.release, 0
+            try:
+                for items in ordered:  # fed in parts that end where a release is due
+                    start = 0
+                    while start < len(items):
+                        take = RELEASE_EVERY - n % RELEASE_EVERY
+                        part = items if start == 0 and len(items) <= take else items[start:start + take]
+                        start += len(part)
+                        n += len(part)
+                        out = feed(part)
+                        if out:
+                            emit(out)
+                        if bar is not None:
+                            bar.update(len(part))
+                        if n % RELEASE_EVERY == 0:
+                            emit(release(part[-1].ts))  # every later event, and so outcome, is at least this late
+                            if n % SETTLE_EVERY == 0:
+                                settle()
+            finally:
+                if bar is not None:
+                    bar.close()
     else:
-        for line in _lines(files, progress):
-            emit(engine.feed(line))
+        lines = _lines(files, progress)
+        while chunk := list(islice(lines, RELEASE_EVERY)):
+            emit(engine.feed_many(chunk))
     emit(engine.drain())
     return alerts

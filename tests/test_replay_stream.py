@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import heapq
 import math
 import random
 import signal
@@ -251,30 +252,38 @@ def test_runs_round_trip_events_and_submissions_exactly(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("times, disjoint", [
-    ([[1, 2, 3], [3, 3, 4], [6, 7]], True),  # ties at a boundary: the earlier run's go first
-    ([[1, 2, 5], [3, 4], [6]], False),
-    ([[1, 1], [], [1, 2]], True),
+@pytest.mark.parametrize("times, slices", [
+    ([[1, 2, 3], [3, 3, 4], [6, 7]], [2, 1, 2, 1, 2]),  # do not overlap (a tie at a boundary): whole blocks
+    ([[1, 1], [], [1, 2]], [2, 2]),
+    ([[1, 2, 5], [3, 4], [6]], [2, 2, 1, 1]),  # overlap, but each block comes before the next run's
+    ([[1, 3, 5, 7], [2, 4, 6, 8]], [1] * 8),  # interleaved: one item at a time
+    ([[1, 2, 2, 2], [2, 2, 3]], [2, 2, 2, 1]),  # ties go to the earlier run
 ])
-def test_runs_that_do_not_overlap_are_read_one_after_the_other(tmp_path: Path, monkeypatch, times, disjoint) -> None:
-    merges: list[int] = []
-    merge = replay_module.heapq.merge
-
-    def counted(*its, **kw):
-        merges.append(len(its))
-        return merge(*its, **kw)
-
-    monkeypatch.setattr(replay_module.heapq, "merge", counted)
+def test_runs_are_merged_in_slices(tmp_path: Path, times, slices) -> None:
     runs_in = [[Event("outcome", f"r{r}-{k}", T0 + t, "m", None, {}, 1, 1, None, None) for k, t in enumerate(run)]
                for r, run in enumerate(times)]
     with Runs(tmp_path, block=2) as runs:
         for run in runs_in:
             if run:
                 runs.spill(run)
-        back = list(runs.merged())
+        back = list(runs.merged_slices())
     everything = [ev for run in runs_in for ev in run]
-    assert back == sorted(everything, key=lambda ev: ev.ts)  # a stable sort of the whole input
-    assert merges == ([] if disjoint else [len([r for r in times if r])])
+    assert [ev for part in back for ev in part] == sorted(everything, key=lambda ev: ev.ts)  # a stable sort
+    assert list(map(len, back)) == slices
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_merge_is_a_stable_merge(tmp_path: Path, seed: int) -> None:
+    """Random runs with many ties, blocks of 1–5: the merge equals :func:`heapq.merge` (stable)."""
+    rng = random.Random(seed)
+    for trial in range(20):
+        runs_in = [sorted((Event("outcome", f"r{r}-{k}", T0 + rng.randrange(30), "m", None, {}, 1, 1, None, None)
+                           for k in range(rng.randrange(12))), key=lambda ev: ev.ts) for r in range(rng.randrange(1, 7))]
+        with Runs(tmp_path / str(trial), block=rng.randrange(1, 6)) as runs:
+            for run in runs_in:
+                runs.spill(run)
+            back = list(runs.merged())
+        assert back == list(heapq.merge(*runs_in, key=lambda ev: ev.ts))
 
 
 def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path, monkeypatch) -> None:
@@ -282,14 +291,14 @@ def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path, monkey
     spill = tmp_path / "spill"
     seen: list[list[Path]] = []
     engine = Engine(_config(sort_buffer=1000, spill_directory=str(spill)))
-    feed = engine.feed_event
+    feed = engine.feed_events
 
-    def watching(item):
+    def watching(items):
         if not seen:
             seen.append(sorted(spill.glob("lastmile-replay-*/*")))
-        return feed(item)
+        return feed(items)
 
-    engine.feed_event = watching  # type: ignore[method-assign]
+    engine.feed_events = watching  # type: ignore[method-assign]
     replay(engine, [events], progress=False)
     assert len(seen[0]) > 4 and all(p.name.startswith("run-") for p in seen[0])
     assert list(spill.iterdir()) == []  # the directory and every run are gone
@@ -297,17 +306,17 @@ def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path, monkey
 
     # the engine raises half-way through the merge: the runs are deleted all the same
     engine = Engine(_config(sort_buffer=1000, spill_directory=str(spill)))
-    feed = engine.feed_event
+    feed = engine.feed_events
     fed = []
 
-    def failing(item):
-        fed.append(item)
-        if len(fed) == 3000:
+    def failing(items):
+        fed.extend(items)
+        if len(fed) >= 3000:
             assert len(list(spill.glob("lastmile-replay-*/run-*"))) > 4
             raise RuntimeError("boom")
-        return feed(item)
+        return feed(items)
 
-    engine.feed_event = failing  # type: ignore[method-assign]
+    engine.feed_events = failing  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="boom"):
         replay(engine, [events], progress=False)
     assert list(spill.iterdir()) == []
@@ -317,9 +326,9 @@ def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path, monkey
 
     # input that fits in one buffer: no file at all
     engine = Engine(_config(spill_directory=str(spill)))
-    feed = engine.feed_event
+    feed = engine.feed_events
     seen.clear()
-    engine.feed_event = watching  # type: ignore[method-assign]
+    engine.feed_events = watching  # type: ignore[method-assign]
     replay(engine, [events], progress=False)
     assert seen == [[]] and list(spill.iterdir()) == []
 
