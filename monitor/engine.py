@@ -14,6 +14,7 @@ import heapq
 import logging
 import math
 from collections import Counter
+from operator import attrgetter
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -43,6 +44,7 @@ _ROW_BLOCK = 64  # slice rows an incremental checkpoint writes together (when an
 _KINDS = ("drift", "disparity")
 _OTHER_KIND = {"drift": "disparity", "disparity": "drift"}
 _OWN = (K.Source.FILE, K.Source.REFERENCE)
+_KIND, _TS = attrgetter("kind"), attrgetter("ts")
 
 
 class Provenance(NamedTuple):
@@ -149,7 +151,7 @@ class Engine:
         self._rows_ready = 0
         self._row_digests: list[bytes] | None = None  # of the rows as last checkpointed (see state())
         self._buf_rows: list[list[int]] = []
-        self._buf_eu: list[list[tuple[float, float]]] = []
+        self._buf_eu: list[tuple[float, ...]] = []  # (errors, units) of each metric, flat
         self._buf_ts: list[float] = []
         self.active: dict[str, Alert] = {}  # fingerprint → firing alert
         self._out = (np.zeros(_OUT_CAPACITY, np.int64), np.zeros(_OUT_CAPACITY, np.int64),
@@ -442,28 +444,49 @@ class Engine:
         outcome = self.joiner.add(ev)
         return [] if outcome is None else self._accept_many([outcome])
 
-    def feed_events(self, items: Iterable[Event | Submission]) -> list[Alert]:
-        """:meth:`feed_event` of each, in order (replay's hot path, so it is inlined here)."""
+    def feed_events(self, items: list[Event | Submission]) -> list[Alert]:
+        """:meth:`feed_event` of each, in order (replay's hot path): the events between submissions
+        are joined as one run."""
         alerts: list[Alert] = []
-        joined: list[Outcome] = []  # a run of joined outcomes goes on together (before a submission)
-        events, join = self.events, self.joiner.add
-        watermark = self.watermark
-        ts = None
-        for ev in items:
-            if type(ev) is Submission:
-                alerts += self._accept_many(joined) + self._accept_submission(ev)
-                joined = []
-                continue
-            ts = ev.ts  # type: ignore[union-attr]
-            events[ev.kind] += 1  # type: ignore[union-attr]
-            if ts > watermark:
-                watermark = self.watermark = ts
-            outcome = join(ev)  # type: ignore[arg-type]
-            if outcome is not None:
-                joined.append(outcome)
-        if ts is not None:
-            self.last_event_ts = ts
-        return alerts + self._accept_many(joined)
+        start = 0
+        subs = [i for i, x in enumerate(items) if type(x) is Submission] if Submission in set(map(type, items)) else []
+        for end in [*subs, len(items)]:
+            run: list[Event] = items[start:end] if start or end < len(items) else items  # type: ignore[assignment]
+            if run:
+                self.events.update(map(_KIND, run))
+                top = max(map(_TS, run))
+                if top > self.watermark:
+                    self.watermark = top
+                self.last_event_ts = run[-1].ts
+                alerts += self._accept_many(self.joiner.add_many(run))
+            if end < len(items):
+                alerts += self._accept_submission(items[end])  # type: ignore[arg-type]
+            start = end + 1
+        return alerts
+
+    def screen_many(self, items: list[Event | Submission]) -> list[Event | Submission]:
+        """:meth:`screen` of each, in order, and the events that may go on now (in replay). The
+        common case in bulk: nothing held, and every time within the bound as the stream's latest
+        time moves (each event's bound is the latest before it plus ``max_future``)."""
+        future = self.future
+        if future.wall_clock is not None or future.held or not items or Submission in set(map(type, items)):
+            return [x for item in items for x in self.screen(item)]
+        times = np.fromiter(map(_TS, items), dtype=np.float64, count=len(items))
+        latest = np.maximum.accumulate(times)
+        bounds = np.empty_like(times)
+        bounds[0] = future.bound
+        np.maximum(latest[:-1], future.top, out=bounds[1:])
+        bounds[1:] += future.max_future  # (the same sum note() makes)
+        beyond = np.flatnonzero(times > bounds)
+        ok = int(beyond[0]) if beyond.size else len(items)
+        if ok:
+            future.seen += ok
+            if latest[ok - 1] > future.top:
+                future.top = float(latest[ok - 1])
+                future.bound = future.top + future.max_future
+        if ok == len(items):
+            return items
+        return items[:ok] + [x for item in items[ok:] for x in self.screen(item)]
 
     def _accept_many(self, outcomes: list[Outcome]) -> list[Alert]:
         """Joined outcomes, in order: held for event-time order, or on to the detectors now."""
@@ -537,25 +560,31 @@ class Engine:
         alerts: list[Alert] = []
         route = self.slices.route_with_groups
         batch_size, propose_every = self.cfg.replay.batch_size, self._propose_every
+        # (flush empties the buffers in place: these stay the engine's)
+        buf_rows, buf_eu, buf_ts, buf_pred, buf_watch = \
+            self._buf_rows, self._buf_eu, self._buf_ts, self._buf_pred, self._buf_watch
+        unscorable = 0
         for o, scores in zip(outcomes, self.scorer.score_many(outcomes)):
             if scores is None:
-                self.invalid["unscorable"] += 1
+                unscorable += 1
                 continue
             self.outcomes += 1
             rows, watched = route(o.model, o.tenant, o.attributes)  # first: it may flush
-            self._buf_rows.append(rows)
+            buf_rows.append(rows)
             if self._tracking:  # (changes only when the buffers are empty, so the lists stay aligned)
-                self._buf_pred.append(o.pred_ts if o.pred_ts is not None else o.ts)
-                self._buf_watch.append(watched)
-            self._buf_eu.append(scores)
-            self._buf_ts.append(o.ts)
+                buf_pred.append(o.pred_ts if o.pred_ts is not None else o.ts)
+                buf_watch.append(watched)
+            buf_eu.append(scores)
+            buf_ts.append(o.ts)
             if self._early:  # from a flush routing asked for (admission)
                 alerts += self._early
                 self._early = []
             if propose_every and self.outcomes % propose_every == 0:  # a point fixed by the data
                 alerts += self.flush() + self._propose(o.ts)
-            elif len(self._buf_ts) >= batch_size:
+            elif len(buf_ts) >= batch_size:
                 alerts += self.flush()
+        if unscorable:
+            self.invalid["unscorable"] += unscorable
         return alerts
 
     # ---- bias-bounty submissions ------------------------------------------------------------
@@ -692,8 +721,9 @@ class Engine:
             rows = np.array(buf, dtype=np.int64)
         eu = np.array(self._buf_eu, dtype=np.float64).reshape(len(self._buf_ts), len(self.metrics), 2)
         ts = np.array(self._buf_ts, dtype=np.float64)
-        pred, watched = self._buf_pred, self._buf_watch
-        self._buf_rows, self._buf_eu, self._buf_ts, self._buf_pred, self._buf_watch = [], [], [], [], []
+        pred, watched = self._buf_pred[:], self._buf_watch[:]
+        for buffer in (self._buf_rows, self._buf_eu, self._buf_ts, self._buf_pred, self._buf_watch):
+            buffer.clear()  # (in place: add_outcomes holds them)
         if not self._tracking:
             return self.process_scored(rows, eu, ts)
         batch = Batch.build(rows[:, 0].copy(), np.array(pred, dtype=np.float64), ts, eu, watched)

@@ -304,11 +304,16 @@ class Decoder:
                 raise InvalidEvent("bad_submission", str(exc)[:300]) from None
         return self._check(w)
 
-    def decode_stream(self, raws: Iterable[bytes | str]) -> Iterator[Event | Any | InvalidEvent]:
-        """:meth:`decode_many` of ``raws`` in batches of :data:`BATCH`, one result per raw, in order."""
+    def decode_batches(self, raws: Iterable[bytes | str]) -> Iterator[list[Event | Any | InvalidEvent]]:
+        """:meth:`decode_many` of ``raws`` in batches of :data:`BATCH`."""
         it = iter(raws)
         while batch := list(islice(it, BATCH)):
-            yield from self.decode_many(batch)
+            yield self.decode_many(batch)
+
+    def decode_stream(self, raws: Iterable[bytes | str]) -> Iterator[Event | Any | InvalidEvent]:
+        """:meth:`decode_batches`, one result per raw, in order."""
+        for batch in self.decode_batches(raws):
+            yield from batch
 
     def decode_many(self, raws: Sequence[bytes | str]) -> list[Event | Any | InvalidEvent]:
         """:meth:`decode` of each (an invalid one as its :class:`InvalidEvent`, not raised).

@@ -37,7 +37,7 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from itertools import islice, repeat, takewhile
@@ -97,12 +97,6 @@ class JoinStats:
     label_delay_buckets: list[int] = field(default_factory=lambda: [0] * (len(LABEL_DELAY_BUCKETS) + 1))
     label_delay_sum: float = 0.0
     label_delay_count: int = 0
-
-    def observe_delay(self, delay: float) -> None:
-        delay = max(0.0, delay)
-        self.label_delay_sum += delay
-        self.label_delay_count += 1
-        self.label_delay_buckets[bisect_left(LABEL_DELAY_BUCKETS, delay)] += 1
 
 
 def merge(prediction: Event, feedback: Event) -> Outcome:
@@ -228,74 +222,101 @@ class Joiner:
 
     def add(self, ev: Event) -> Outcome | None:
         """Feed one event; returns the joined outcome when this event completes one."""
-        kind, eid, ts, model, tenant, attrs, output, label, errors, units = ev
-        if ts > self.watermark:
-            self.watermark = ts
-            if ts > self._next_expiry:
-                self._expire()
-        if eid in self._done:
-            self.stats.duplicates[kind] += 1
-            return None
-        slots = self._slot
-        if kind == "outcome":
-            if eid in slots:
-                self.stats.duplicates["outcome"] += 1
-                return None
-            self._remember(eid, ts)
-            self.stats.outcomes_direct += 1
-            return Outcome(eid, model or "", ts, tenant, attrs, output, label, errors, units, ts)
-        slot = slots.get(eid)
-        if slot is None:  # the first half: pending until the other comes
-            if len(slots) >= self.max_pending:
-                oldest = self._oldest()
-                self._remove(self._ids[oldest], oldest)  # type: ignore[arg-type]
-                self.stats.evicted += 1
-            try:
-                code = self._ctx_index.get((kind, model, tenant, *attrs, *attrs.values()))
-            except TypeError:  # an unhashable attribute value: never from the decoder
-                code = None
-            if code is None:
-                code = self._new_context(kind, model, tenant, attrs)
-            if kind == "feedback":
-                value = label if errors is None and units is None else _Scored(label, errors, units)
-            else:
-                value = output
-            slot = len(self._ids)
-            self._ids.append(eid)
-            self._ts.append(ts)
-            self._code.append(code)
-            self._val.append(value)
-            slots[eid] = slot
-            if slot >= 2 * len(slots) + _SLOT_SLACK:
-                self._compact()  # mostly removed entries
-            if ts + self.ttl < self._next_expiry:
-                self._next_expiry = ts + self.ttl
-            return None
-        code = self._code[slot]
-        other_kind, other_model, other_tenant, other_attrs = self._ctx[code]
-        if other_kind == kind:
-            self.stats.duplicates[kind] += 1
-            return None
-        other_ts = self._ts[slot]
-        value = self._val[slot]
-        self._remove(eid, slot)
-        joined_ts = max(ts, other_ts)
-        self._remember(eid, joined_ts)
+        joined = self.add_many((ev,))
+        return joined[0] if joined else None
+
+    def add_many(self, events: Iterable[Event]) -> list[Outcome]:
+        """Feed events in order; returns the outcomes they complete, in order (the hot path: one
+        loop over the run, the common cases inline)."""
+        out: list[Outcome] = []
         stats = self.stats
-        stats.joined += 1
-        if kind == "feedback":  # the pending entry is the prediction
-            stats.observe_delay(ts - other_ts)
-            return Outcome(eid, other_model or model or "", joined_ts,
-                           other_tenant if other_tenant is not None else tenant,
-                           {**attrs, **other_attrs} if attrs else {**other_attrs},  # a copy: the table's is shared
-                           value, label, errors, units, other_ts)
-        stats.observe_delay(other_ts - ts)
-        if type(value) is _Scored:
-            return Outcome(eid, model or other_model or "", joined_ts, tenant if tenant is not None else other_tenant,
-                           {**other_attrs, **attrs} if other_attrs else attrs, output, value.label, value.errors,
-                           value.units, ts)
-        return Outcome(eid, model or other_model or "", joined_ts, tenant if tenant is not None else other_tenant,
-                       {**other_attrs, **attrs} if other_attrs else attrs, output, value, None, None, ts)
+        duplicates, done, slots = stats.duplicates, self._done, self._slot
+        for kind, eid, ts, model, tenant, attrs, output, label, errors, units in events:
+            if ts > self.watermark:
+                self.watermark = ts
+                if ts > self._next_expiry:
+                    self._expire()
+            if eid in done:
+                duplicates[kind] += 1
+                continue
+            if kind == "outcome":
+                if eid in slots:
+                    duplicates["outcome"] += 1
+                    continue
+                self._remember(eid, ts)
+                stats.outcomes_direct += 1
+                out.append(Outcome(eid, model or "", ts, tenant, attrs, output, label, errors, units, ts))
+                continue
+            slot = slots.get(eid)
+            if slot is None:  # the first half: pending until the other comes
+                self._pend(kind, eid, ts, model, tenant, attrs, output, label, errors, units)
+                continue
+            other_kind, other_model, other_tenant, other_attrs = self._ctx[self._code[slot]]
+            if other_kind == kind:
+                duplicates[kind] += 1
+                continue
+            other_ts = self._ts[slot]
+            value = self._val[slot]
+            # (the entry removed: see _remove)
+            del slots[eid]
+            if slot < self._new_from:
+                self._removed.append(eid)
+            self._ids[slot] = None
+            self._val[slot] = None
+            joined_ts = other_ts if other_ts > ts else ts  # (max)
+            self._remember(eid, joined_ts)
+            stats.joined += 1
+            # the label delay: from the prediction to its feedback (0 when the feedback is older)
+            delay = ts - other_ts if kind == "feedback" else other_ts - ts
+            if not delay > 0.0:
+                delay = 0.0
+            stats.label_delay_sum += delay
+            stats.label_delay_count += 1
+            stats.label_delay_buckets[bisect_left(LABEL_DELAY_BUCKETS, delay)] += 1
+            if kind == "feedback":  # the pending entry is the prediction
+                out.append(Outcome(eid, other_model or model or "", joined_ts,
+                                   other_tenant if other_tenant is not None else tenant,
+                                   {**attrs, **other_attrs} if attrs else {**other_attrs},  # a copy: the table's is shared
+                                   value, label, errors, units, other_ts))
+            elif type(value) is _Scored:
+                out.append(Outcome(eid, model or other_model or "", joined_ts,
+                                   tenant if tenant is not None else other_tenant,
+                                   {**other_attrs, **attrs} if other_attrs else attrs, output, value.label,
+                                   value.errors, value.units, ts))
+            else:
+                out.append(Outcome(eid, model or other_model or "", joined_ts,
+                                   tenant if tenant is not None else other_tenant,
+                                   {**other_attrs, **attrs} if other_attrs else attrs, output, value, None, None, ts))
+        return out
+
+    def _pend(self, kind: str, eid: str, ts: float, model: str | None, tenant: str | None, attrs: dict[str, str],
+              output: Any, label: Any, errors: float | None, units: float | None) -> None:
+        """A first half, pending until the other comes (the oldest entry evicted when full)."""
+        slots = self._slot
+        if len(slots) >= self.max_pending:
+            oldest = self._oldest()
+            self._remove(self._ids[oldest], oldest)  # type: ignore[arg-type]
+            self.stats.evicted += 1
+        try:
+            code = self._ctx_index.get((kind, model, tenant, *attrs, *attrs.values()))
+        except TypeError:  # an unhashable attribute value: never from the decoder
+            code = None
+        if code is None:
+            code = self._new_context(kind, model, tenant, attrs)
+        if kind == "feedback":
+            value = label if errors is None and units is None else _Scored(label, errors, units)
+        else:
+            value = output
+        slot = len(self._ids)
+        self._ids.append(eid)
+        self._ts.append(ts)
+        self._code.append(code)
+        self._val.append(value)
+        slots[eid] = slot
+        if slot >= 2 * len(slots) + _SLOT_SLACK:
+            self._compact()  # mostly removed entries
+        if ts + self.ttl < self._next_expiry:
+            self._next_expiry = ts + self.ttl
 
     def _new_context(self, kind: str, model: str | None, tenant: str | None, attrs: dict[str, str]) -> int:
         if len(self._ctx) >= 2 * len(self._slot) + _CTX_SLACK:

@@ -398,20 +398,20 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
             # before sorting); every full buffer is sorted and spilled as a run
             buf: list[Item] = []
             limit, count, read = cfg.sort_buffer, 0, 0
-            screen = engine.screen
-            for ev in engine.decoder.decode_stream(_lines(files, progress)):
-                if isinstance(ev, InvalidEvent):
-                    engine.invalid[ev.reason] += 1
-                    continue
-                buf += screen(ev)
-                read += 1
-                if read % SETTLE_EVERY == 0:
+            for batch in engine.decoder.decode_batches(_lines(files, progress)):
+                if InvalidEvent in set(map(type, batch)):
+                    engine.invalid.update(x.reason for x in batch if type(x) is InvalidEvent)
+                    batch = [x for x in batch if type(x) is not InvalidEvent]
+                buf += engine.screen_many(batch)  # type: ignore[arg-type]  # (no InvalidEvent left)
+                if read // SETTLE_EVERY != (read + len(batch)) // SETTLE_EVERY:
                     settle()
-                if len(buf) >= limit:
-                    count += len(buf)
-                    buf.sort(key=_ts)  # stable: ties keep file order
-                    runs.spill(buf)
-                    buf.clear()
+                read += len(batch)
+                while len(buf) >= limit:  # a run of the first `limit` (the order is a stable sort however cut)
+                    run = buf[:limit]
+                    del buf[:limit]
+                    count += len(run)
+                    run.sort(key=_ts)  # stable: ties keep file order
+                    runs.spill(run)
             buf += engine.screen_end()
             count += len(buf)
             buf.sort(key=_ts)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import string
+from operator import attrgetter
 from typing import Any
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 
 from rapidfuzz.distance import Levenshtein
 
@@ -18,6 +19,8 @@ from monitor.config import MetricsConfig, TextConfig
 
 
 _BOOL_TEXT = {"true": "1", "false": "0"}
+_OUTPUT, _LABEL, _ERRORS, _UNITS = attrgetter("output"), attrgetter("label"), attrgetter("errors"), attrgetter("units")
+_STR = {str}
 #: what each metric needs of an output and of a label; metrics not listed take any scalar
 _NEEDS = {"wer": "text", "cer": "text", "abs_error": "number", "squared_error": "number"}
 
@@ -36,14 +39,23 @@ def make_normalizer(cfg: TextConfig) -> Callable[[str], str]:
     return lambda text: " ".join(words(text))
 
 
+def _punctuation(cfg: TextConfig) -> str:
+    return string.punctuation.replace("'", "") if cfg.keep_apostrophes else string.punctuation
+
+
+def _byte_table(cfg: TextConfig) -> bytes:
+    """ASCII punctuation to blanks, as a :meth:`bytes.translate` table."""
+    punct = _punctuation(cfg)
+    return bytes.maketrans(punct.encode(), b" " * len(punct))
+
+
 def make_tokenizer(cfg: TextConfig) -> Callable[[str], list[str]]:
     """Normalised words of a text; ASCII text (the common case) is translated as bytes, in C."""
-    punct = string.punctuation.replace("'", "") if cfg.keep_apostrophes else string.punctuation
     lower = cfg.lowercase
     if not cfg.strip_punctuation:
         return (lambda text: text.lower().split()) if lower else (lambda text: text.split())
-    table = str.maketrans({c: " " for c in punct})
-    byte_table = bytes.maketrans(punct.encode(), b" " * len(punct))
+    table = str.maketrans({c: " " for c in _punctuation(cfg)})
+    byte_table = _byte_table(cfg)
 
     def words(text: str) -> list[str]:
         if lower:
@@ -78,6 +90,11 @@ class Scorer:
         self._words = make_tokenizer(cfg.text)
         self._pos = canonical_class(cfg.positive_class) if cfg.positive_class is not None else None
         self._fns = tuple(getattr(self, f"_{name}") for name in self.names)
+        #: metrics scored by columns (the others, one outcome at a time)
+        self._many = {"wer": self._wer_many, "cer": self._cer_many}
+        text = cfg.text
+        self._lower = text.lowercase
+        self._table = _byte_table(text) if text.strip_punctuation else bytes(range(256))
         self._needs = frozenset(_NEEDS[n] for n in self.names if n in _NEEDS)
 
     @property
@@ -113,16 +130,64 @@ class Scorer:
             return [(errors, units if units is not None else 0.0)] + [(0.0, 0.0)] * (len(self.names) - 1)
         return [fn(output, label) for fn in self._fns]
 
-    def score_many(self, outcomes: Iterable[Any]) -> list[list[tuple[float, float]] | None]:
-        """:meth:`score` for each joined outcome (anything with ``output``, ``label``, ``errors``
-        and ``units``); None where it cannot be scored."""
-        out: list[list[tuple[float, float]] | None] = []
+    def score_many(self, outcomes: Sequence[Any]) -> list[tuple[float, ...] | None]:
+        """:meth:`score` of each joined outcome (anything with ``output``, ``label``, ``errors`` and
+        ``units``) as one flat tuple ``(errors, units, errors, units, …)`` in ``names`` order; None
+        where it cannot be scored.
+
+        By columns: text is tokenized a run at a time and compared pair by pair in C. A run
+        that is not all text a metric takes (or mixes a service's own errors with outcomes to
+        score) is scored one by one instead, with the same results.
+        """
+        if not outcomes:
+            return []
+        own = list(map(_ERRORS, outcomes))
+        if None not in own:  # a service's own errors/units replace the primary metric
+            units = [u if u is not None else 0.0 for u in map(_UNITS, outcomes)]
+            rest = [[0.0] * len(own)] * (2 * len(self.names) - 2)
+            return list(zip(own, units, *rest))
+        if set(own) == {None}:
+            outputs, labels = list(map(_OUTPUT, outcomes)), list(map(_LABEL, outcomes))
+            columns: list[list[float]] = []
+            for name in self.names:
+                scored = self._many[name](outputs, labels) if name in self._many else None
+                if scored is None:
+                    break
+                columns += scored
+            else:
+                return list(zip(*columns))
+        out: list[tuple[float, ...] | None] = []
         for o in outcomes:
             try:
-                out.append(self.score(o.output, o.label, o.errors, o.units))
+                out.append(tuple(x for pair in self.score(o.output, o.label, o.errors, o.units) for x in pair))
             except ScoreError:
                 out.append(None)
         return out
+
+    def _text_many(self, outputs: list[Any], labels: list[Any],
+                   tokens: Callable[[list[str]], list[Any]]) -> tuple[list[float], list[float]] | None:
+        """(errors, units) of WER or CER for each pair: edits between the tokens over the reference's
+        length; None unless every output and label is text."""
+        if set(map(type, outputs)) != _STR or set(map(type, labels)) != _STR:
+            return None
+        ref = tokens(labels)
+        return list(map(float, map(Levenshtein.distance, tokens(outputs), ref))), list(map(float, map(len, ref)))
+
+    def _words_many(self, texts: list[str]) -> list[list[str]]:
+        """:meth:`_words` of each text; ASCII texts all at once (lowercased, punctuation blanked,
+        as one string in C, then split apart: the same words as one at a time)."""
+        joined = "\x00".join(texts)
+        if self._table is None or not joined.isascii() or joined.count("\x00") != len(texts) - 1:
+            return list(map(self._words, texts))
+        if self._lower:
+            joined = joined.lower()
+        return list(map(str.split, joined.encode().translate(self._table).decode().split("\x00")))
+
+    def _wer_many(self, outputs: list[Any], labels: list[Any]) -> tuple[list[float], list[float]] | None:
+        return self._text_many(outputs, labels, self._words_many)
+
+    def _cer_many(self, outputs: list[Any], labels: list[Any]) -> tuple[list[float], list[float]] | None:
+        return self._text_many(outputs, labels, lambda texts: list(map(" ".join, self._words_many(texts))))
 
     # ---- metrics ----------------------------------------------------------------------
     def _error_rate(self, output: Any, label: Any) -> tuple[float, float]:

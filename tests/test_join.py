@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gc
+from bisect import bisect_left
 import random
 import tracemalloc
 from dataclasses import asdict
@@ -10,7 +11,7 @@ import pytest
 
 from monitor.config import EventsConfig
 from monitor.events import Decoder, Event
-from monitor.join import Joiner, JoinStats, Outcome, merge
+from monitor.join import LABEL_DELAY_BUCKETS, Joiner, JoinStats, Outcome, merge
 
 
 def pred(i: str, ts: float, **attrs: str) -> Event:
@@ -127,7 +128,10 @@ class EventJoiner:
         prediction, feedback = (other, ev) if ev.kind == "feedback" else (ev, other)
         self._remember(eid, max(ev.ts, other.ts))
         self.stats.joined += 1
-        self.stats.observe_delay(feedback.ts - prediction.ts)
+        delay = max(0.0, feedback.ts - prediction.ts)
+        self.stats.label_delay_sum += delay
+        self.stats.label_delay_count += 1
+        self.stats.label_delay_buckets[bisect_left(LABEL_DELAY_BUCKETS, delay)] += 1
         return merge(prediction, feedback)
 
     def _remember(self, eid: str, ts: float) -> None:
