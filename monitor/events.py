@@ -420,6 +420,10 @@ class Decoder:
         """Output, label, errors and units as :meth:`_check` leaves them (raises InvalidEvent)."""
         if set(errors) == {None} and set(units) == {None}:
             errors = units = tuple(repeat(None, len(kinds)))
+        elif "prediction" not in kinds and set(map(type, errors)) == {float} == set(map(type, units)):
+            e, u = np.array(errors, dtype=np.float64), np.array(units, dtype=np.float64)  # (pre-scored outcomes)
+            if not ((e >= 0.0) & (u >= 0.0) & np.isfinite(e + u)).all():
+                raise InvalidEvent("bad_errors_units")
         else:  # a service's own errors/units, on feedback and outcomes
             pairs = [self._errors_units(e, u) if k != "prediction" and (e is not None or u is not None) else (None, None)
                      for k, e, u in zip(kinds, errors, units)]
@@ -430,9 +434,13 @@ class Decoder:
         labels = tuple(None if k == "prediction" else y for k, y in zip(kinds, labels))
         for values, skip, missing, bad, side in ((outputs, "feedback", "missing_output", "bad_output", "output"),
                                                  (labels, "prediction", "missing_label", "bad_label", "label")):
-            given = [v for k, v in zip(kinds, values) if k != skip]
-            if straight and set(map(type, given)) <= _STR and (not given or max(map(len, given)) <= max_text):
+            given = [v for k, v in zip(kinds, values) if k != skip] if skip in kinds else values
+            types = set(map(type, given))
+            if straight and types <= _STR and (not given or max(map(len, given)) <= max_text):
                 continue  # text the metrics take: goes straight on
+            if types == {_NONE} and None not in ([e for k, e in zip(kinds, errors) if k != skip]
+                                                 if skip in kinds else errors):
+                continue  # none, where the service's own errors replace it
             for k, v, e in zip(kinds, values, errors):
                 if k == skip:
                     continue

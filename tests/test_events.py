@@ -115,7 +115,8 @@ _UNUSUAL = [
     ("model", None), ("model", "m-new"), ("model", ""), ("tenant", None), ("tenant", 7), ("tenant", True),
     ("attributes", None), ("attributes", {}), ("attributes", {"accent": 3, "noise": None, "x": 1.5}),
     ("attributes", {"k": [1]}), ("attributes", "text"), ("output", None), ("output", 5), ("output", "é" * 20),
-    ("label", None), ("label", False), ("errors", 2.0), ("units", 3.0), ("errors", -1.0), ("type", "submission"),
+    ("label", None), ("label", False), ("errors", 2.0), ("units", 3.0), ("errors", -1.0), ("units", None),
+    ("errors", None), ("output", "some text"), ("label", "some text"), ("type", "submission"),
     ("type", ["prediction"]), ("type", "outcome"),
 ]
 
@@ -124,14 +125,25 @@ def _changed(line: bytes, field: str, value: object) -> bytes:
     return msgspec.json.encode({**msgspec.json.decode(line), field: value})
 
 
+def _outcome_lines(seed: int, n: int) -> list[bytes]:
+    """Pre-scored outcome events (a service's own errors and units, no text), epoch-second times."""
+    rng = random.Random(seed)
+    return [msgspec.json.encode({"type": "outcome", "id": f"o{i}", "ts": 1795514400.0 + i / 2, "model": "asr-en",
+                                 "tenant": f"t{rng.randrange(3)}", "attributes": {"accent": f"a{rng.randrange(4)}"},
+                                 "errors": float(rng.randrange(5)), "units": float(rng.randrange(1, 20))})
+            for i in range(n)]
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("default_model", [None, "asr-en"])
-def test_decode_many_is_decode_one_by_one(seed: int, default_model: str | None) -> None:
+@pytest.mark.parametrize("stream", ["pairs", "outcomes"])
+def test_decode_many_is_decode_one_by_one(seed: int, default_model: str | None, stream: str) -> None:
     """Batches decoded by columns equal the events decoded one at a time (reasons included), on
     clean batches, batches with one unusual event (valid or not), and the malformed corpus; the
     two decoders are fed the same batches in order, so model admission is compared too."""
     rng = random.Random(seed)
-    lines = list(SpeechScenario(outcomes=1500, seed=seed, malformed=0.0).events())
+    lines = (list(SpeechScenario(outcomes=1500, seed=seed, malformed=0.0).events()) if stream == "pairs"
+             else _outcome_lines(seed, 3000))
     cfg = EventsConfig(default_model=default_model, max_models=3, max_text_chars=400)
     columns, single = Decoder(cfg), Decoder(cfg)
     taken = []
