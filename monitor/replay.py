@@ -407,11 +407,9 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
                     settle()
                 read += len(batch)
                 while len(buf) >= limit:  # a run of the first `limit` (the order is a stable sort however cut)
-                    run = buf[:limit]
-                    del buf[:limit]
-                    count += len(run)
-                    run.sort(key=_ts)  # stable: ties keep file order
-                    runs.spill(run)
+                    runs.spill(sorted(buf[:limit], key=_ts))  # stable: ties keep file order (and no name
+                    del buf[:limit]  # holds the run: its events are freed once written)
+                    count += limit
             buf += engine.screen_end()
             count += len(buf)
             buf.sort(key=_ts)
