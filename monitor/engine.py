@@ -40,6 +40,7 @@ from monitor.submissions import Submission, parse_submission
 log = logging.getLogger("lastmile")
 
 _OUT_CAPACITY = 4096
+_JOIN_RUN = 1024  # events feed_many joins together
 _ROW_BLOCK = 64  # slice rows an incremental checkpoint writes together (when any of them changed)
 _KINDS = ("drift", "disparity")
 _OTHER_KIND = {"drift": "disparity", "disparity": "drift"}
@@ -354,12 +355,14 @@ class Engine:
         them only from the submissions topic, which only the authenticated API writes to).
         """
         alerts: list[Alert] = []
-        invalid, events, join = self.invalid, self.events, self.joiner.add
+        invalid, events, join = self.invalid, self.events, self.joiner.add_many
         watermark, last_ts = self.watermark, None
         future = self.future
         wall_bound = future.wall_bound() if future.wall_clock is not None else None
-        # joined outcomes go on to scoring and the detectors a run at a time, in order: anything
-        # that must come after them (a submission, events let through by the screen) sends the run first
+        # valid events are joined a run at a time, and the outcomes go on to scoring and the
+        # detectors a run at a time, in order: anything that must come after them (a submission,
+        # events let through by the screen) sends both runs first
+        run: list[Event] = []
         joined: list[Outcome] = []
         for i, ev in enumerate(self.decoder.decode_stream(raws)):
             if isinstance(ev, InvalidEvent):
@@ -369,8 +372,8 @@ class Engine:
                 continue
             if type(ev) is Submission:
                 if submissions:
-                    alerts += self._accept_many(joined)
-                    joined = []
+                    alerts += self._accept_many(joined + join(run))
+                    joined, run = [], []
                     alerts += self._accept_submission(ev)
                 else:
                     invalid["bad_submission"] += 1
@@ -385,8 +388,8 @@ class Engine:
                         on_invalid(i, "future_timestamp")
                     continue
             elif future.held or ts > future.bound:
-                alerts += self._accept_many(joined)
-                joined = []
+                alerts += self._accept_many(joined + join(run))
+                joined, run = [], []
                 self.last_event_ts = last_ts
                 for moved in self.screen(ev):  # often none: held for now, or rejected
                     alerts += self.feed_event(moved)
@@ -397,12 +400,13 @@ class Engine:
             events[ev.kind] += 1
             last_ts = ts
             if ts > watermark:
-                watermark = self.watermark = ts  # the join reads it: keep it current
-            outcome = join(ev)
-            if outcome is not None:
-                joined.append(outcome)
+                watermark = self.watermark = ts
+            run.append(ev)
+            if len(run) >= _JOIN_RUN:
+                joined += join(run)
+                run = []
         self.last_event_ts = last_ts
-        return alerts + self._accept_many(joined)
+        return alerts + self._accept_many(joined + join(run))
 
     def screen(self, ev: Event | Submission) -> list[Event | Submission]:
         """The events that may go on now, by :mod:`monitor.future`'s bound on event time: usually

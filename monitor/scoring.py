@@ -21,6 +21,7 @@ from monitor.config import MetricsConfig, TextConfig
 _BOOL_TEXT = {"true": "1", "false": "0"}
 _OUTPUT, _LABEL, _ERRORS, _UNITS = attrgetter("output"), attrgetter("label"), attrgetter("errors"), attrgetter("units")
 _STR = {str}
+_RUN = 128  # outcomes scored together (their words stay in cache)
 #: what each metric needs of an output and of a label; metrics not listed take any scalar
 _NEEDS = {"wer": "text", "cer": "text", "abs_error": "number", "squared_error": "number"}
 
@@ -139,6 +140,8 @@ class Scorer:
         that is not all text a metric takes (or mixes a service's own errors with outcomes to
         score) is scored one by one instead, with the same results.
         """
+        if len(outcomes) > _RUN:
+            return [x for i in range(0, len(outcomes), _RUN) for x in self.score_many(outcomes[i:i + _RUN])]
         if not outcomes:
             return []
         own = list(map(_ERRORS, outcomes))
