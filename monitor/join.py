@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from itertools import islice, repeat, takewhile
 from typing import Any, NamedTuple
 
@@ -229,6 +230,7 @@ class Joiner:
         """Feed events in order; returns the outcomes they complete, in order (the hot path: one
         loop over the run, the common cases inline)."""
         out: list[Outcome] = []
+        new = partial(tuple.__new__, Outcome)  # (every field given: no Python-level __new__ per outcome)
         stats = self.stats
         duplicates, done, slots = stats.duplicates, self._done, self._slot
         for kind, eid, ts, model, tenant, attrs, output, label, errors, units in events:
@@ -245,7 +247,7 @@ class Joiner:
                     continue
                 self._remember(eid, ts)
                 stats.outcomes_direct += 1
-                out.append(Outcome(eid, model or "", ts, tenant, attrs, output, label, errors, units, ts))
+                out.append(new((eid, model or "", ts, tenant, attrs, output, label, errors, units, ts)))
                 continue
             slot = slots.get(eid)
             if slot is None:  # the first half: pending until the other comes
@@ -274,19 +276,19 @@ class Joiner:
             stats.label_delay_count += 1
             stats.label_delay_buckets[bisect_left(LABEL_DELAY_BUCKETS, delay)] += 1
             if kind == "feedback":  # the pending entry is the prediction
-                out.append(Outcome(eid, other_model or model or "", joined_ts,
-                                   other_tenant if other_tenant is not None else tenant,
-                                   {**attrs, **other_attrs} if attrs else {**other_attrs},  # a copy: the table's is shared
-                                   value, label, errors, units, other_ts))
+                out.append(new((eid, other_model or model or "", joined_ts,
+                                other_tenant if other_tenant is not None else tenant,
+                                {**attrs, **other_attrs} if attrs else {**other_attrs},  # a copy: the table's is shared
+                                value, label, errors, units, other_ts)))
             elif type(value) is _Scored:
-                out.append(Outcome(eid, model or other_model or "", joined_ts,
-                                   tenant if tenant is not None else other_tenant,
-                                   {**other_attrs, **attrs} if other_attrs else attrs, output, value.label,
-                                   value.errors, value.units, ts))
+                out.append(new((eid, model or other_model or "", joined_ts,
+                                tenant if tenant is not None else other_tenant,
+                                {**other_attrs, **attrs} if other_attrs else attrs, output, value.label,
+                                value.errors, value.units, ts)))
             else:
-                out.append(Outcome(eid, model or other_model or "", joined_ts,
-                                   tenant if tenant is not None else other_tenant,
-                                   {**other_attrs, **attrs} if other_attrs else attrs, output, value, None, None, ts))
+                out.append(new((eid, model or other_model or "", joined_ts,
+                                tenant if tenant is not None else other_tenant,
+                                {**other_attrs, **attrs} if other_attrs else attrs, output, value, None, None, ts)))
         return out
 
     def _pend(self, kind: str, eid: str, ts: float, model: str | None, tenant: str | None, attrs: dict[str, str],
