@@ -6,16 +6,22 @@ concatenated; otherwise lines are streamed in file order. Either way, event time
 of the stream are judged in file order (:mod:`monitor.future`).
 
 Ordering is an external merge sort, so memory does not grow with the input: decoded events
-are kept in a buffer of ``replay.sort_buffer``; each time it fills, it is sorted by event time
-and spilled to a temporary file as a *run* (msgpack blocks of :data:`BLOCK` events), and at the
-end the runs are merged (:func:`heapq.merge`, stable: a tie goes to the earlier run, so the
-order is exactly that of a stable sort of the whole input in memory); runs that do not overlap
-in event time (input already in order, as files nearly always are) are read one after the
-other, with nothing to compare. Input that fits in one buffer is sorted in memory and writes no
-file. The merge holds one block per run, and at most
-:data:`FAN_IN` runs are merged at once (more are first merged into longer runs, in levels), so
-neither memory nor open files grow with the input; the runs take about 85 bytes an event of
-disk (outcomes with precomputed errors), in ``replay.spill_directory``.
+are kept in a buffer of ``replay.sort_buffer``; each time it fills, its first ``sort_buffer``
+events are sorted by event time and spilled to a temporary file as a *run* (msgpack blocks of
+:data:`BLOCK` events, by columns: :class:`Runs`), and at the end the runs are merged (stable: a
+tie goes to the earlier run, so the order is exactly that of a stable sort of the whole input in
+memory, however the runs were cut). The merge hands on the longest stretch of one run that
+precedes every other run's next item, so runs that do not overlap in event time (input already
+in order, as files nearly always are) go through a block at a time, with nothing compared per
+event. Input that fits in one buffer is sorted in memory and writes no file. The merge holds one
+block per run, and at most :data:`FAN_IN` runs are merged at once (more are first merged into
+longer runs, in levels), so neither memory nor open files grow with the input; the runs take
+about 66 bytes an event of disk (outcomes with precomputed errors), in
+``replay.spill_directory``.
+
+Events are decoded, screened, joined and scored a batch at a time (:meth:`Decoder.decode_many`,
+:meth:`Engine.screen_many`, :meth:`Engine.feed_events`), and the cyclic garbage collector is
+tuned for the run (:func:`_collector_tuned`).
 """
 
 from __future__ import annotations
