@@ -341,7 +341,7 @@ class Decoder:
 
     def _columns(self, raws: Sequence[bytes | str]) -> list[Event | Any | InvalidEvent] | None:
         """The batch, when it is plainly valid (None otherwise: raises or returns None at the first
-        doubt, before changing any state)."""
+        doubt, having changed nothing but its caches of attribute dicts and interned strings)."""
         if max(map(len, raws)) > self._max_bytes:
             return None
         kinds, ids, tss, models, tenants, raw_attrs, outputs, labels, errors, units = \

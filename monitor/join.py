@@ -259,12 +259,7 @@ class Joiner:
                 continue
             other_ts = self._ts[slot]
             value = self._val[slot]
-            # (the entry removed: see _remove)
-            del slots[eid]
-            if slot < self._new_from:
-                self._removed.append(eid)
-            self._ids[slot] = None
-            self._val[slot] = None
+            self._remove(eid, slot)
             joined_ts = other_ts if other_ts > ts else ts  # (max)
             self._remember(eid, joined_ts)
             stats.joined += 1
