@@ -41,7 +41,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-
 from monitor.alerts import Alert
 from monitor.checkpoint import CheckpointError, CheckpointStore
 from monitor.config import Config

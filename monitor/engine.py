@@ -438,19 +438,11 @@ class Engine:
 
     def feed_event(self, ev: Event | Submission) -> list[Alert]:
         """One decoded event that passed :meth:`screen`."""
-        if type(ev) is Submission:
-            return self._accept_submission(ev)
-        assert isinstance(ev, Event)
-        self.events[ev.kind] += 1
-        self.last_event_ts = ev.ts
-        if ev.ts > self.watermark:
-            self.watermark = ev.ts
-        outcome = self.joiner.add(ev)
-        return [] if outcome is None else self._accept_many([outcome])
+        return self.feed_events([ev])
 
     def feed_events(self, items: list[Event | Submission]) -> list[Alert]:
-        """:meth:`feed_event` of each, in order (replay's hot path): the events between submissions
-        are joined as one run."""
+        """Decoded events that passed :meth:`screen`, in order (replay's hot path): the events
+        between submissions are joined as one run."""
         alerts: list[Alert] = []
         start = 0
         subs = [i for i, x in enumerate(items) if type(x) is Submission] if Submission in set(map(type, items)) else []

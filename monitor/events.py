@@ -13,8 +13,7 @@ from itertools import islice, repeat
 from operator import attrgetter
 from datetime import datetime
 from sys import intern
-from collections.abc import Callable
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Union
 
 import msgspec
@@ -227,6 +226,19 @@ def scalar_text(value: Any) -> str | None:
     raise TypeError
 
 
+def attribute_dict(value: dict[str, Any] | None) -> dict[str, str]:
+    """An event's attributes as the engine keeps them: values as text (null: absent), interned,
+    since thousands of pending predictions share a handful of attribute values."""
+    attrs: dict[str, str] = {}
+    if value:
+        for key, v in value.items():
+            if type(v) is str:
+                attrs[key] = intern(v) if len(v) <= 64 else v
+            elif v is not None:
+                attrs[key] = scalar_text(v)  # type: ignore[assignment]
+    return attrs
+
+
 _Scalar = Union[str, int, float, bool, None]
 #: where msgspec reports a type error, and the reason it is counted under
 _FIELD_REASON = {"id": "bad_id", "ts": "bad_timestamp", "model": "bad_model", "tenant": "bad_tenant",
@@ -401,14 +413,7 @@ class Decoder:
             if got is None:
                 got = cache.get(text)
                 if got is None:
-                    value = self._decode_attrs(text)  # (its errors: the batch is decoded one by one)
-                    got = {}
-                    if value:
-                        for key, v in value.items():
-                            if type(v) is str:
-                                got[key] = intern(v) if len(v) <= 64 else v
-                            elif v is not None:
-                                got[key] = scalar_text(v)  # type: ignore[assignment]
+                    got = attribute_dict(self._decode_attrs(text))  # (its errors: the batch is decoded one by one)
                     if len(cache) >= _ATTR_CACHE_MAX:
                         cache.clear()
                     cache[text] = got
@@ -499,14 +504,7 @@ class Decoder:
         if tenant is not None:
             tenant = intern(tenant) if type(tenant) is str else scalar_text(tenant)
 
-        # interned: thousands of pending predictions share a handful of attribute values
-        attrs: dict[str, str] = {}
-        if w.attributes:
-            for key, value in w.attributes.items():
-                if type(value) is str:
-                    attrs[key] = intern(value) if len(value) <= 64 else value
-                elif value is not None:
-                    attrs[key] = scalar_text(value)  # type: ignore[assignment]
+        attrs = attribute_dict(w.attributes)
 
         output = label = errors = units = None
         if kind != "prediction" and (w.errors is not None or w.units is not None):

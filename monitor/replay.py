@@ -47,7 +47,7 @@ import msgspec
 
 from monitor.alerts import Alert
 from monitor.engine import Engine
-from monitor.events import Event, InvalidEvent
+from monitor.events import Event, InvalidEvent, attribute_dict
 from monitor.submissions import Submission
 
 Item = Union[Event, Submission]
@@ -200,7 +200,6 @@ class Runs:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.paths: list[Path] = []  # in input order: every item of a run precedes the next run's
         self._made = 0
-        self._bounds: dict[Path, tuple[float | None, float | None]] = {}  # a run's first and last event time
         self._stack = ExitStack()  # the runs being read: closed by close(), also on error
         self._encode = msgspec.msgpack.Encoder().encode
         self._decode = msgspec.msgpack.Decoder(_Block, ext_hook=_unwrap).decode
@@ -223,16 +222,11 @@ class Runs:
         else:
             it = iter(items)
             blocks = iter(lambda: list(islice(it, size)), [])
-        first = last = None
         with open(path, "wb") as fh:
             for block in blocks:
-                if first is None:
-                    first = block[0].ts
-                last = block[-1].ts
                 data = self._pack(block)
                 fh.write(len(data).to_bytes(4, "little"))
                 fh.write(data)
-        self._bounds[path] = (first, last)
         return path
 
     def _pack(self, block: list[Item]) -> bytes:
@@ -276,9 +270,8 @@ class Runs:
         if shared is None:
             if len(self._shared) >= _SHARED_MAX:
                 self._shared.clear()
-            shared = self._shared[key] = (
-                model if model is None else intern(model), tenant if tenant is None else intern(tenant),
-                {k: intern(v) if len(v) <= 64 else v for k, v in attrs.items()})
+            shared = self._shared[key] = (model if model is None else intern(model),
+                                          tenant if tenant is None else intern(tenant), attribute_dict(attrs))
         return shared
 
     def _blocks(self, path: Path) -> Generator[tuple[list[Item], list[float]], None, None]:
@@ -290,17 +283,13 @@ class Runs:
     def _merged(self, paths: list[Path]) -> Iterator[list[Item]]:
         """The items of these runs, stably merged by event time (a tie goes to the earlier run), in
         slices: the longest stretch of one run that comes before every other run's next item is
-        handed on at once, so runs that meet only at their edges are merged a block at a time."""
+        handed on at once, so runs that do not overlap (input already in event-time order) or meet
+        only at their edges go through a block at a time."""
         runs = []
         for path in paths:
             blocks = self._blocks(path)
             self._stack.callback(blocks.close)  # its file is closed at the end, or on error
             runs.append(blocks)
-        if self._disjoint(paths):  # (input already in event-time order: one run after the other)
-            for blocks in runs:
-                for items, _ in blocks:
-                    yield items
-            return
         heads: list[tuple[list[Item], list[float]]] = []
         heap: list[tuple[float, int, int]] = []  # (next event time, run, position in its block)
         for r, blocks in enumerate(runs):
@@ -327,12 +316,6 @@ class Runs:
                 items, times, end = head[0], head[1], 0
             push(heap, (times[end], r, end))
 
-    def _disjoint(self, paths: list[Path]) -> bool:
-        """Each run ends no later than the next begins: their stable merge is one after the other
-        (a tie goes to the earlier run either way)."""
-        bounds = [self._bounds[p] for p in paths if self._bounds[p][0] is not None]
-        return all(a[1] <= b[0] for a, b in zip(bounds, bounds[1:]))  # type: ignore[operator]
-
     def merged_slices(self) -> Iterator[list[Item]]:
         """Every item of every run, stably sorted by ``ts``, in slices. Runs are merged
         :data:`FAN_IN` at a time (longer runs first while there are more), so memory and open files
@@ -350,7 +333,6 @@ class Runs:
                     self._close_files()
                 for p in group:
                     p.unlink()
-                    del self._bounds[p]
             self.paths = longer
         return self._merged(self.paths)
 

@@ -299,10 +299,11 @@ def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path, monkey
         return feed(items)
 
     engine.feed_events = watching  # type: ignore[method-assign]
+    threshold = gc.get_threshold()
     replay(engine, [events], progress=False)
     assert len(seen[0]) > 4 and all(p.name.startswith("run-") for p in seen[0])
     assert list(spill.iterdir()) == []  # the directory and every run are gone
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == threshold  # the collector as it was
 
     # the engine raises half-way through the merge: the runs are deleted all the same
     engine = Engine(_config(sort_buffer=1000, spill_directory=str(spill)))
@@ -319,7 +320,7 @@ def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path, monkey
     engine.feed_events = failing  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="boom"):
         replay(engine, [events], progress=False)
-    assert list(spill.iterdir()) == []
+    assert list(spill.iterdir()) == [] and gc.get_threshold() == threshold
     if Path("/proc/self/fd").is_dir():  # and no run is left open
         assert not [fd for fd in Path("/proc/self/fd").iterdir() if "lastmile-replay" in str(fd.resolve())]
     assert gc.get_freeze_count() == 0
@@ -340,11 +341,11 @@ from monitor.replay import replay
 from tests.conftest import ROOT, make_config
 from tests.test_replay_stream import CFG
 engine = Engine(make_config(**CFG, replay={"sort_buffer": 1000, "spill_directory": sys.argv[2]}))
-feed = engine.feed_event
-def slow(item):
-    time.sleep(0.001)
-    return feed(item)
-engine.feed_event = slow
+feed = engine.feed_events
+def slow(items):
+    time.sleep(0.001 * len(items))
+    return feed(items)
+engine.feed_events = slow
 replay(engine, [sys.argv[1]], progress=False)
 """
 

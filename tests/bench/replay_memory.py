@@ -1,4 +1,5 @@
-"""Time and peak memory of `lastmile replay` (event-time order, the default) on N outcome events.
+"""Time and peak memory of `lastmile replay` (event-time order, the default) on N outcome events,
+and the bytes an event takes in replay's spilled runs.
 
     python -m tests.bench.replay_memory [--outcomes 1000000 10000000] [--set join.ttl=60s] [--keep DIR]
 
@@ -19,6 +20,23 @@ from pathlib import Path
 from tests.bench.process import config_with, generate, run_lastmile
 
 
+def run_bytes(events: Path, config: Path, sample: int = 100_000) -> float:
+    """Bytes a decoded, sorted event takes in one of replay's runs (the spill files)."""
+    from itertools import islice
+
+    from monitor.config import load_config
+    from monitor.engine import Engine
+    from monitor.replay import Runs
+
+    engine = Engine(load_config(config))
+    with open(events, "rb") as fh:
+        decoded = [ev for ev in engine.decoder.decode_stream(islice(fh, sample))]
+    decoded.sort(key=lambda ev: ev.ts)
+    with Runs() as runs:
+        runs.spill(decoded)
+        return runs.paths[0].stat().st_size / len(decoded)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--outcomes", type=int, nargs="+", default=[1_000_000])
@@ -35,6 +53,9 @@ def main() -> None:
             events = folder / f"outcomes-{n}.jsonl"
             if not events.exists():
                 generate(events, n)
+            if n == args.outcomes[0]:
+                print(f"runs on disk: {run_bytes(events, config):.0f} bytes an event (the file's first 100,000, "
+                      f"as replay spills them)", flush=True)
             took, peak, stderr = run_lastmile(["replay", str(events), "--config", str(config), "--quiet",
                                                "--summary-out", str(tmp / "slices.json"),
                                                "--alerts-out", str(tmp / "alerts.jsonl")])
