@@ -32,6 +32,7 @@ test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
 	$(BIN)/lastmile bench
 	$(BIN)/python -m tests.bench.statistics
 
