@@ -30,6 +30,7 @@ from monitor.config import PINNED_DIMENSION, Config, DecisionConfig, ReferenceOu
 from monitor.edetector import LAMBDAS
 from monitor.events import Decoder, Event, InvalidEvent, parse_ts
 from monitor.future import FutureGuard
+from monitor.held import HeldOutcomes
 from monitor.join import Joiner, Outcome
 from monitor.scoring import Scorer
 from monitor.rows import F
@@ -108,7 +109,7 @@ class Engine:
         preload()  # the compiled kernel loads while the first events are decoded, joined and routed
         self.cfg = cfg
         self.ordered = ordered
-        self._held: list[tuple[float, str, Outcome]] = []  # heap of outcomes awaiting release
+        self._held = HeldOutcomes()  # outcomes awaiting release
         #: heap of submissions awaiting release: they register in event-time order among the outcomes
         self._held_subs: list[tuple[float, str, str, int, Submission]] = []  # (ts, submitter, id, seq, ·)
         self._sub_seq = 0
@@ -489,9 +490,7 @@ class Engine:
         if not outcomes:
             return []
         if self.ordered:
-            held, push = self._held, heapq.heappush
-            for o in outcomes:
-                push(held, (o.ts, o.id, o))
+            self._held.add(outcomes)
             return []
         return self.add_outcomes(outcomes)
 
@@ -508,12 +507,10 @@ class Engine:
         held, subs, book = self._held, self._held_subs, self.bounty
         sub_upto = upto if final else min(upto, self.watermark)
         if not subs and book.next_deadline >= upto:  # the usual case: outcomes only
-            pop, run = heapq.heappop, []
-            while held and held[0][0] < upto:
-                run.append(pop(held)[2])
-            return self.add_outcomes(run)
+            return self.add_outcomes(held.take_before(upto))
         while True:
-            t_o = held[0][0] if held and held[0][0] < upto else math.inf
+            first = held.first_ts()
+            t_o = first if first is not None and first < upto else math.inf
             t_s = subs[0][0] if subs and subs[0][0] < sub_upto else math.inf
             t = min(t_o, t_s)
             if t == math.inf:
@@ -523,7 +520,7 @@ class Engine:
             if t_s <= t_o:
                 alerts += self._submit(heapq.heappop(subs)[-1])
             else:
-                alerts += self.add_outcome(heapq.heappop(held)[2])
+                alerts += self.add_outcome(held.pop())
         return alerts
 
     def drain(self) -> list[Alert]:
@@ -833,7 +830,7 @@ class Engine:
             "join": join, "slices": self.slices.state(), "future": self.future.state(),
             "bounty": self.bounty.state(),
             "remembered": [[m, c, list(v), first, bases] for (m, c, v), (first, bases) in self._remembered.items()],
-            "held": msgspec.msgpack.encode([o for _, _, o in self._held]),
+            "held": msgspec.msgpack.encode(self._held.outcomes()),
             "held_submissions": [entry[-1].to_dict() for entry in sorted(self._held_subs, key=lambda e: e[:4])],
         }
         st, det, block = self.st[:n], self.det[:n], _ROW_BLOCK
@@ -878,8 +875,7 @@ class Engine:
             self.bounty.restore(data["bounty"])
         self._tracking = bool(self.bounty.pending)
         self._remembered = {(m, c, tuple(v)): (first, bases) for m, c, v, first, bases in data.get("remembered", [])}
-        self._held = [(o.ts, o.id, o) for o in msgspec.msgpack.decode(data["held"], type=list[Outcome])]
-        heapq.heapify(self._held)
+        self._held.restore(msgspec.msgpack.decode(data["held"], type=list[Outcome]))
         subs = (Submission.from_dict(d) for d in data.get("held_submissions", []))
         self._held_subs = [(sub.ts, sub.submitter, sub.id, i, sub) for i, sub in enumerate(subs)]
         heapq.heapify(self._held_subs)
