@@ -14,6 +14,7 @@ import heapq
 import logging
 import math
 from collections import Counter
+from itertools import chain
 from operator import attrgetter
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
@@ -710,9 +711,12 @@ class Engine:
             rows = np.full((len(buf), max(map(len, buf))), -1, dtype=np.int64)
             for i, r in enumerate(buf):
                 rows[i, :len(r)] = r
-        else:
-            rows = np.array(buf, dtype=np.int64)
-        eu = np.array(self._buf_eu, dtype=np.float64).reshape(len(self._buf_ts), len(self.metrics), 2)
+        else:  # (every route as long: one per combination; fromiter is ~2x np.array on a list of lists)
+            width = len(buf[0])
+            rows = np.fromiter(chain.from_iterable(buf), dtype=np.int64, count=len(buf) * width).reshape(len(buf), width)
+        n_eu = 2 * len(self.metrics)
+        eu = np.fromiter(chain.from_iterable(self._buf_eu), dtype=np.float64,
+                         count=len(self._buf_ts) * n_eu).reshape(len(self._buf_ts), len(self.metrics), 2)
         ts = np.array(self._buf_ts, dtype=np.float64)
         pred, watched = self._buf_pred[:], self._buf_watch[:]
         for buffer in (self._buf_rows, self._buf_eu, self._buf_ts, self._buf_pred, self._buf_watch):
