@@ -93,7 +93,7 @@ def test_incident_pages_through_prometheus_and_alertmanager_then_resolves(broker
     preds, fbs = broker.create_topics(4, "predictions", "feedback")
     topics = {"prediction": preds, "feedback": fbs}
     # the incident starts after asr.yaml's reference period (the model's first 50,000 outcomes)
-    # (and leaves 60% of the stream after it, so that thin st-marys intersections can resolve)
+    # (and leaves enough of the stream after it for the st-marys intersections to resolve)
     lines = list(SpeechScenario(outcomes=300_000, seed=31, incident_at=0.2, incident_until=0.4).events())
     cut = int(len(lines) * 0.4)
     # a replay of this stream resolves the first paged alert at 65.5% of its lines: the rest after
