@@ -350,7 +350,8 @@ class Engine:
 
     def feed_many(self, raws: Iterable[bytes | str],
                   on_invalid: Callable[[int, str], None] | None = None, submissions: bool = True) -> list[Alert]:
-        """Many raw events: the hot path, so :meth:`feed` and :meth:`feed_event` are inlined here.
+        """Many raw events (the daemon's hot path): decoded a batch at a time, screened, and joined
+        and scored a run at a time (:meth:`feed_events`' bookkeeping is inlined here).
 
         ``on_invalid(index, reason)`` hears of each rejected event (the daemon dead-letters it).
         ``submissions``: whether these raws may carry bias-bounty submissions (the daemon accepts
@@ -510,8 +511,9 @@ class Engine:
         if not subs and book.next_deadline >= upto:  # the usual case: outcomes only
             return self.add_outcomes(held.take_before(upto))
         while True:
-            first = held.first_ts()
-            t_o = first if first is not None and first < upto else math.inf
+            t_o = held.first_ts()
+            if t_o >= upto:
+                t_o = math.inf
             t_s = subs[0][0] if subs and subs[0][0] < sub_upto else math.inf
             t = min(t_o, t_s)
             if t == math.inf:

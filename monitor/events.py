@@ -249,6 +249,7 @@ _KINDS = frozenset(("prediction", "feedback", "outcome"))
 _FIELDS = attrgetter("type", "id", "ts", "model", "tenant", "attributes", "output", "label", "errors", "units")
 _STR, _NONE = frozenset((str,)), type(None)
 BATCH = 1024  # events decoded together by Decoder.decode_stream
+_MAX_ID = 512  # characters of an event id
 _ATTR_CACHE_MAX = 10_000  # distinct attribute texts remembered by decode_many (then forgotten, and again)
 _AT = re.compile(r"at `\$\.?([^\[`]*)")  # the top-level field msgspec names in "... - at `$.field[...]`"
 
@@ -360,15 +361,15 @@ class Decoder:
             zip(*map(_FIELDS, map(self._decode_raw_attrs, raws)))
         if not _KINDS.issuperset(kinds):
             return None
-        # ids: text up to 512 characters (numbers become text)
+        # ids: text up to _MAX_ID characters (numbers become text)
         id_types = set(map(type, ids))
         if id_types != _STR:
             if not id_types <= {str, int}:
                 return None
-            if max((len(i) for i in ids if type(i) is str), default=0) > 512 or "" in ids:
+            if max((len(i) for i in ids if type(i) is str), default=0) > _MAX_ID or "" in ids:
                 return None
             ids = tuple(i if type(i) is str else str(i) for i in ids)
-        elif max(map(len, ids)) > 512 or "" in ids:
+        elif max(map(len, ids)) > _MAX_ID or "" in ids:
             return None
         tss = _times(tss)  # type: ignore[assignment]
         if tss is None:
@@ -473,8 +474,8 @@ class Decoder:
             raise InvalidEvent("missing_id")
         if type(eid) is int:
             eid = str(eid)
-        elif len(eid) > 512:
-            raise InvalidEvent("bad_id", "longer than 512 characters")
+        elif len(eid) > _MAX_ID:
+            raise InvalidEvent("bad_id", f"longer than {_MAX_ID} characters")
 
         ts = w.ts
         if ts is None:

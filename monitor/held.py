@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
@@ -64,10 +65,10 @@ class HeldOutcomes:
             self._start = end
         return taken
 
-    def first_ts(self) -> float | None:
-        """The earliest event time held (None: nothing is)."""
+    def first_ts(self) -> float:
+        """The earliest event time held (infinity: nothing is)."""
         items = self._settle()
-        return items[self._start][0] if self._start < len(items) else None
+        return items[self._start][0] if self._start < len(items) else math.inf
 
     def pop(self) -> Any:
         """The first outcome (there is one)."""

@@ -100,25 +100,6 @@ class JoinStats:
     label_delay_count: int = 0
 
 
-def merge(prediction: Event, feedback: Event) -> Outcome:
-    """Feedback may add attributes (e.g. self-reported ones); it never overrides the prediction's."""
-    attrs = prediction.attributes
-    if feedback.attributes:
-        attrs = {**feedback.attributes, **prediction.attributes}
-    return Outcome(
-        prediction.id,
-        prediction.model or feedback.model or "",
-        max(prediction.ts, feedback.ts),
-        prediction.tenant if prediction.tenant is not None else feedback.tenant,
-        attrs,
-        prediction.output,
-        feedback.label,
-        feedback.errors,
-        feedback.units,
-        prediction.ts,
-    )
-
-
 class _Scored:
     """Pending feedback that carries a service's own errors/units besides its label (rare)."""
 

@@ -180,7 +180,7 @@ class Scorer:
         """:meth:`_words` of each text; ASCII texts all at once (lowercased, punctuation blanked,
         as one string in C, then split apart: the same words as one at a time)."""
         joined = "\x00".join(texts)
-        if self._table is None or not joined.isascii() or joined.count("\x00") != len(texts) - 1:
+        if not joined.isascii() or joined.count("\x00") != len(texts) - 1:
             return list(map(self._words, texts))
         if self._lower:
             joined = joined.lower()

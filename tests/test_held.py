@@ -42,7 +42,7 @@ def test_takes_and_pops_are_a_heaps_pops(seed: int) -> None:
             assert held.take_before(upto) == want
         elif action < 0.95:  # one at a time, as while submissions are held
             for _ in range(rng.randint(1, 5)):
-                first = heap[0][0] if heap else None
+                first = heap[0][0] if heap else float("inf")
                 assert held.first_ts() == first
                 if heap:
                     assert held.pop() == heapq.heappop(heap)[2]

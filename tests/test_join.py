@@ -11,7 +11,7 @@ import pytest
 
 from monitor.config import EventsConfig
 from monitor.events import Decoder, Event
-from monitor.join import LABEL_DELAY_BUCKETS, Joiner, JoinStats, Outcome, merge
+from monitor.join import LABEL_DELAY_BUCKETS, Joiner, JoinStats, Outcome
 
 
 def pred(i: str, ts: float, **attrs: str) -> Event:
@@ -77,6 +77,26 @@ def test_duplicates_are_counted_and_ignored() -> None:
 
 
 # ---- the columnar join equals the event-storing one it replaced ---------------------------------
+
+
+def merge(prediction: Event, feedback: Event) -> Outcome:
+    """The join's rule, written plainly (Joiner.add_many has it inline): feedback may add
+    attributes (e.g. self-reported ones); it never overrides the prediction's."""
+    attrs = prediction.attributes
+    if feedback.attributes:
+        attrs = {**feedback.attributes, **prediction.attributes}
+    return Outcome(
+        prediction.id,
+        prediction.model or feedback.model or "",
+        max(prediction.ts, feedback.ts),
+        prediction.tenant if prediction.tenant is not None else feedback.tenant,
+        attrs,
+        prediction.output,
+        feedback.label,
+        feedback.errors,
+        feedback.units,
+        prediction.ts,
+    )
 
 
 class EventJoiner:
