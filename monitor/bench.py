@@ -102,10 +102,12 @@ def startup(config_path: str | None, line: bytes, repeat: int = 3) -> tuple[floa
     return first, kern
 
 
-def replay_end_to_end(config_path: str | None, lines: list[bytes]) -> tuple[float, float, float]:
+def replay_end_to_end(config_path: str | None, lines: list[bytes],
+                      rounds: int = 3) -> list[tuple[float, float, float]]:
     """``lastmile replay`` of ``lines`` written to a file, in a fresh process (start-up included),
     beside a loop that only reads the same file and decodes each line with the standard library's
-    ``json`` and with msgspec: seconds for each."""
+    ``json`` and with msgspec: seconds for each, in ``rounds`` rounds that take turns, so that a
+    change in the machine's speed during the run reaches both sides of a ratio alike."""
     import os
     import subprocess
     import sys
@@ -120,11 +122,13 @@ def replay_end_to_end(config_path: str | None, lines: list[bytes]) -> tuple[floa
             with open(config_path, "w", encoding="utf-8") as cfg_fh:
                 cfg_fh.write(builtin_config_text())
         cmd = [sys.executable, "-m", "monitor.cli", "replay", path, "--config", config_path, "--quiet"]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # (no tty: no progress bar)
-        replay_s = time.perf_counter() - t0
-        if proc.returncode:
-            raise RuntimeError(f"lastmile replay failed: {proc.stderr.decode()[-2000:]}")
+
+        def replay_file() -> float:
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # (no tty: no progress bar)
+            if proc.returncode:
+                raise RuntimeError(f"lastmile replay failed: {proc.stderr.decode()[-2000:]}")
+            return time.perf_counter() - t0
 
         def decode_file(fn: Callable[[bytes], Any]) -> float:
             t0 = time.perf_counter()
@@ -133,9 +137,7 @@ def replay_end_to_end(config_path: str | None, lines: list[bytes]) -> tuple[floa
                     fn(line)
             return time.perf_counter() - t0
 
-        json_s = min(decode_file(json.loads) for _ in range(3))
-        msgspec_s = min(decode_file(msgspec.json.decode) for _ in range(3))
-    return replay_s, json_s, msgspec_s
+        return [(replay_file(), decode_file(json.loads), decode_file(msgspec.json.decode)) for _ in range(rounds)]
 
 
 def memory_per_slice(cfg: Config, slices: int = 10_000) -> tuple[float, int]:
@@ -237,13 +239,16 @@ def run_bench(config_path: str | None = None, outcomes: int = 200_000, seed: int
     kern = _rate(lambda: engine.process_scored(rows, eu, ts), 200_000)
     print(f"  statistics kernel alone ({rows.shape[1]} slices/outcome) {kern:>9,.0f} outcomes/s", file=out)
 
-    replay_s, json_s, msgspec_s = replay_end_to_end(config_path, lines)
+    rounds = replay_end_to_end(config_path, lines)
+    replay_s, json_s, msgspec_s = map(min, zip(*rounds))
     first, kern = startup(config_path, outcome_lines[0])
-    print(f"\nend to end: lastmile replay of the {len(lines):,} lines from a file, in a fresh process", file=out)
+    print(f"\nend to end: lastmile replay of the {len(lines):,} lines from a file, in a fresh process "
+          f"(best of {len(rounds)} rounds, each side in turn)", file=out)
     print(f"  lastmile replay                    {len(lines) / replay_s:>11,.0f} lines/s ({replay_s:.2f} s, "
           f"start-up included)", file=out)
     print(f"  read + json.loads (stdlib)         {len(lines) / json_s:>11,.0f} lines/s "
-          f"(ratio replay / this: {json_s / replay_s:.2f})", file=out)
+          f"(ratio replay / this: {json_s / replay_s:.2f}; by round: "
+          f"{', '.join(f'{j / r:.2f}' for r, j, _ in rounds)})", file=out)
     print(f"  read + msgspec.json.decode         {len(lines) / msgspec_s:>11,.0f} lines/s "
           f"(ratio: {msgspec_s / replay_s:.2f})", file=out)
     print(f"  start-up: first event processed {first:.2f} s after the process started; first batch "

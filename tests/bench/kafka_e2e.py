@@ -5,7 +5,8 @@
 1. throughput: the daemon's loop (consume, decode, join, score, slice, detect, checkpoint every
    10 s), with the consumer reading ahead in a second process (the default) and in one process,
    next to a bare kafka-python consumer that only reads and JSON-decodes the same messages,
-   measured in one run on the same topics, from first to last message;
+   measured in one run on the same topics, from first to last message, in rounds that take
+   turns (the medians and each round's ratio are printed);
 2. checkpoint write / load time and size with 10,000 slices and 1,000,000 pending predictions: a full
    snapshot, incremental checkpoints of one interval's traffic each, and loading a chain of them;
 3. restart-to-ready: a daemon killed with -9 and started again, until /readyz answers 200.
@@ -17,6 +18,7 @@ import argparse
 import gc
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -193,6 +195,8 @@ def restart_to_ready(env: dict[str, str], port: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--outcomes", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of (bare consumer, daemon, daemon without read-ahead), taking turns")
     args = parser.parse_args()
     broker = start_broker()
     try:
@@ -200,23 +204,34 @@ def main() -> None:
         lines = list(SpeechScenario(outcomes=args.outcomes, seed=1, malformed=0.0).events())
         produce(broker.bootstrap, {"prediction": preds, "feedback": fbs}, lines)
         total = len(lines)
-        bare = bare_consumer(broker.bootstrap, [preds, fbs], total)
-        state = tempfile.mkdtemp(prefix="lastmile-bench-")
-        env = {"LASTMILE__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap, "LASTMILE__KAFKA__GROUP_ID": f"bench-{preds}",
+        env = {"LASTMILE__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
                "LASTMILE__KAFKA__TOPICS__PREDICTIONS": preds, "LASTMILE__KAFKA__TOPICS__FEEDBACK": fbs,
-               "LASTMILE__KAFKA__MAX_POLL_INTERVAL": "10s", "LASTMILE__KAFKA__SESSION_TIMEOUT": "6s",
-               "LASTMILE__CHECKPOINT__DIRECTORY": state}
-        rate, outcomes = daemon_loop(env, total)
-        one = {**env, "LASTMILE__KAFKA__READ_AHEAD": "false", "LASTMILE__KAFKA__GROUP_ID": f"bench-one-{preds}",
-               "LASTMILE__CHECKPOINT__DIRECTORY": tempfile.mkdtemp(prefix="lastmile-bench-")}
-        rate_one, _ = daemon_loop(one, total)
-        print(f"{total:,} messages ({outcomes:,} outcomes), 4 partitions × 2 topics:")
+               "LASTMILE__KAFKA__MAX_POLL_INTERVAL": "10s", "LASTMILE__KAFKA__SESSION_TIMEOUT": "6s"}
+        rounds = []
+        for r in range(args.rounds):  # each side in turn: the machine's speed drifts during a run
+            bare = bare_consumer(broker.bootstrap, [preds, fbs], total)
+            rates = []
+            for read_ahead in ("true", "false"):  # a group and a state directory of its own: from the start
+                run = {**env, "LASTMILE__KAFKA__READ_AHEAD": read_ahead,
+                       "LASTMILE__KAFKA__GROUP_ID": f"bench-{r}-{read_ahead}-{preds}",
+                       "LASTMILE__CHECKPOINT__DIRECTORY": tempfile.mkdtemp(prefix="lastmile-bench-")}
+                rate, outcomes = daemon_loop(run, total)
+                rates.append(rate)
+                if read_ahead == "true":
+                    restart_env = run  # the restart below loads this daemon's last checkpoint
+            rounds.append((bare, *rates))
+        bare, rate, rate_one = (statistics.median(x) for x in zip(*rounds))
+        print(f"{total:,} messages ({outcomes:,} outcomes), 4 partitions × 2 topics; median of {len(rounds)} rounds:")
         print(f"  bare kafka-python consumer, read + msgspec decode: {bare:>9,.0f} messages/s (one process)")
         print(f"  lastmile daemon loop:                              {rate:>9,.0f} messages/s "
               f"= {rate * outcomes / total:,.0f} outcomes/s (kafka.read_ahead: the consumer in a second process)")
         print(f"  lastmile daemon loop, kafka.read_ahead=false:      {rate_one:>9,.0f} messages/s (one process)")
-        print(f"  ratio daemon / bare consumer: {rate / bare:.2f} (read_ahead=false: {rate_one / bare:.2f})", flush=True)
-        print(restart_to_ready(env, free_port()), flush=True)
+        by_round = ", ".join(f"{d / b:.2f}" for b, d, _ in rounds)
+        by_round_one = ", ".join(f"{d / b:.2f}" for b, _, d in rounds)
+        print(f"  ratio daemon / bare consumer: median {statistics.median(d / b for b, d, _ in rounds):.2f} "
+              f"(by round: {by_round}); read_ahead=false: median "
+              f"{statistics.median(d / b for b, _, d in rounds):.2f} (by round: {by_round_one})", flush=True)
+        print(restart_to_ready(restart_env, free_port()), flush=True)
     finally:
         if broker.process is not None:
             broker.process.kill()
