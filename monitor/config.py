@@ -232,6 +232,10 @@ class ReplayConfig(_Strict):
     sort_buffer: int = Field(200_000, ge=1000)
     #: where those runs go (deleted at the end); default: the system's temporary directory ($TMPDIR)
     spill_directory: str | None = None
+    #: input in event-time order but for events that come after at most this many later-stamped
+    #: ones is fed as it is read, with no runs (about twice this many events in memory); an event
+    #: later than that sends the replay through runs, from the start. 0: always through runs
+    in_order_window: int = Field(4096, ge=0)
 
 
 class HttpConfig(_Strict):

@@ -162,6 +162,10 @@ class Engine:
                      np.zeros((_OUT_CAPACITY, 3), np.float64))
 
     # ---- setup -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Back to a new engine's state, with the same settings (replay's in-order attempt gave up)."""
+        Engine.__init__(self, self.cfg, self.baselines, self.ordered, self.future.wall_clock)
+
     def _params(self) -> np.ndarray:
         cfg = self.cfg
         p = np.zeros(K.NPARAMS, dtype=np.float64)

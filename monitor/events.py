@@ -13,7 +13,7 @@ from itertools import islice, repeat
 from operator import attrgetter
 from datetime import datetime
 from sys import intern
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Union
 
 import msgspec
@@ -317,7 +317,7 @@ class Decoder:
                 raise InvalidEvent("bad_submission", str(exc)[:300]) from None
         return self._check(w)
 
-    def decode_batches(self, raws: Iterable[bytes | str]) -> Iterator[list[Event | Any | InvalidEvent]]:
+    def decode_batches(self, raws: Iterable[bytes | str]) -> Generator[list[Event | Any | InvalidEvent], None, None]:
         """:meth:`decode_many` of ``raws`` in batches of :data:`BATCH`."""
         it = iter(raws)
         while batch := list(islice(it, BATCH)):

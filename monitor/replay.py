@@ -5,7 +5,13 @@ With ``replay.order_by_event_time`` (the default) events are processed in event-
 concatenated; otherwise lines are streamed in file order. Either way, event times far ahead
 of the stream are judged in file order (:mod:`monitor.future`).
 
-Ordering is an external merge sort, so memory does not grow with the input: decoded events
+Input already in event-time order up to a bounded lateness, as files nearly always are, is fed
+as it is read (:func:`_in_order`, ``replay.in_order_window``): the events are sorted a window at a
+time and merged with a window's worth kept back, which is exactly the stable sort's order as long
+as no event comes after more than a window of events stamped later than it. The first that does
+ends the attempt: the engine is reset and the input is replayed from the start through runs.
+
+Otherwise ordering is an external merge sort, so memory does not grow with the input: decoded events
 are kept in a buffer of ``replay.sort_buffer``; each time it fills, its first ``sort_buffer``
 events are sorted by event time and spilled to a temporary file as a *run* (msgpack blocks of
 :data:`BLOCK` events, by columns: :class:`Runs`), and at the end the runs are merged (stable: a
@@ -29,6 +35,7 @@ from __future__ import annotations
 import gc
 import gzip
 import heapq
+import math
 import os
 import signal
 import sys
@@ -359,6 +366,150 @@ class Runs:
                 self._tmp = None
 
 
+def _read(engine: Engine, files: list[Path], progress: bool,
+          settle: Callable[[], None]) -> Generator[list[Item], None, None]:
+    """Pass 1: the files' events decoded and screened, in file order (times far ahead are judged in
+    file order, before any sorting), a batch at a time; invalid ones counted."""
+    read = 0
+    batches = engine.decoder.decode_batches(_lines(files, progress))
+    try:
+        for batch in batches:
+            if InvalidEvent in set(map(type, batch)):
+                engine.invalid.update(x.reason for x in batch if type(x) is InvalidEvent)
+                batch = [x for x in batch if type(x) is not InvalidEvent]
+            if read // SETTLE_EVERY != (read + len(batch)) // SETTLE_EVERY:
+                settle()
+            read += len(batch)
+            yield engine.screen_many(batch)  # type: ignore[arg-type]  # (no InvalidEvent left)
+        yield engine.screen_end()
+    finally:
+        batches.close()  # (its files too, when the caller stops early)
+
+
+class _Feeder:
+    """Pass 2: items in event-time order on to the engine, in parts that end where a release is due
+    (every :data:`RELEASE_EVERY` items, at the last one's time: every later item is at least as
+    late), whatever slices they come in; the alerts handed to ``emit``."""
+
+    def __init__(self, engine: Engine, settle: Callable[[], None], emit: Callable[[list[Alert]], None],
+                 bar: Any = None):
+        self.engine, self.settle, self.emit, self.bar = engine, settle, emit, bar
+        self.fed = 0
+
+    def __call__(self, items: list[Item]) -> None:
+        feed, release, start = self.engine.feed_events, self.engine.release, 0
+        while start < len(items):
+            take = RELEASE_EVERY - self.fed % RELEASE_EVERY
+            part = items if start == 0 and len(items) <= take else items[start:start + take]
+            start += len(part)
+            self.fed += len(part)
+            out = feed(part)
+            if out:
+                self.emit(out)
+            if self.bar is not None:
+                self.bar.update(len(part))
+            if self.fed % RELEASE_EVERY == 0:
+                self.emit(release(part[-1].ts))
+                if self.fed % SETTLE_EVERY == 0:
+                    self.settle()
+
+
+def _pristine(engine: Engine) -> bool:
+    """Nothing has been fed to ``engine`` yet (so :meth:`Engine.reset` loses nothing)."""
+    return not (engine.events or engine.invalid or engine.outcomes or engine.joiner.pending or engine.held
+                or engine.held_submissions or engine.future.seen or engine.active)
+
+
+def _in_order(engine: Engine, files: list[Path], progress: bool, settle: Callable[[], None]) -> list[Alert] | None:
+    """Both passes at once, for input in event-time order up to a bounded lateness (files nearly
+    always are): the alerts, or None as soon as an event comes too late, having fed ``engine``
+    part of the input (the caller resets it and sorts through runs instead).
+
+    The events read are sorted ``replay.in_order_window`` at a time and merged with as many kept
+    back, the latest; all but those go on at once. That is exactly the order of a stable sort of
+    the whole input as long as no event read later is earlier than one gone on (an event of the
+    same time read later goes after it in both), and so whenever each event comes after at most
+    that many events stamped later than it: those are the latest kept back when it is read. The
+    first event that is too late ends the attempt. Memory is about twice the window in events, and
+    nothing is written to disk. Alerts are handed out at the end, once the order is sure.
+    """
+    window = engine.cfg.replay.in_order_window
+    alerts: list[Alert] = []
+    feed = _Feeder(engine, settle, alerts.extend)
+    kept: list[Item] = []  # the latest events read, sorted: they may still be preceded
+    last = -math.inf  # the time of the last event gone on
+
+    def hand_on(chunk: list[Item], final: bool) -> bool:
+        nonlocal kept, last
+        chunk.sort(key=_ts)  # stable: ties keep the order read
+        if chunk and chunk[0].ts < last:
+            return False
+        if not kept or not chunk or kept[-1].ts <= chunk[0].ts:  # (ties: what was read first goes first)
+            kept += chunk
+        else:
+            kept = sorted(kept + chunk, key=_ts)  # two sorted runs, merged stably
+        cut = len(kept) if final else len(kept) - window
+        if cut > 0:
+            out = kept[:cut]
+            del kept[:cut]
+            last = out[-1].ts
+            feed(out)
+        return True
+
+    buf: list[Item] = []
+    reader = _read(engine, files, progress, settle)
+    try:
+        for screened in reader:
+            buf += screened
+            while len(buf) >= window:
+                if not hand_on(buf[:window], False):
+                    return None
+                del buf[:window]
+    finally:
+        reader.close()
+    if not hand_on(buf, True):
+        return None
+    return alerts
+
+
+def _sorted(engine: Engine, files: list[Path], progress: bool, settle: Callable[[], None],
+            emit: Callable[[list[Alert]], None]) -> None:
+    """Pass 1, each full buffer sorted and spilled as a run; pass 2, the runs merged and fed, the
+    alerts handed to ``emit`` as they come."""
+    cfg = engine.cfg.replay
+    with Runs(engine.cfg.resolve_path(cfg.spill_directory) if cfg.spill_directory else None,
+              block_size(cfg.sort_buffer)) as runs:
+        buf: list[Item] = []
+        limit, count = cfg.sort_buffer, 0
+        for screened in _read(engine, files, progress, settle):
+            buf += screened
+            while len(buf) >= limit:  # a run of the first `limit` (the order is a stable sort however cut)
+                runs.spill(sorted(buf[:limit], key=_ts))  # stable: ties keep file order (and no name
+                del buf[:limit]  # holds the run: its events are freed once written)
+                count += limit
+        count += len(buf)
+        buf.sort(key=_ts)
+        ordered: Iterable[list[Item]] = [buf]
+        if runs.paths:  # pass 2: the runs merged (the last buffer too: memory is the engine's now)
+            if buf:
+                runs.spill(buf)
+                buf.clear()
+            ordered = runs.merged_slices()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=count, desc="process", unit="ev", unit_scale=True, file=sys.stderr, leave=False,
+                       mininterval=0.25)
+        feed = _Feeder(engine, settle, emit, bar)
+        try:
+            for items in ordered:
+                feed(items)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
 def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callable[[Alert], None] | None = None,
            progress: bool | None = None) -> list[Alert]:
     """Run every event of ``paths`` through ``engine``; returns all alert transitions in order."""
@@ -378,62 +529,16 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
 
     if engine.cfg.replay.order_by_event_time:
         engine.ordered = True  # outcomes reach the detectors in (ts, id) order, like the daemon's
-        cfg = engine.cfg.replay
-        runs = Runs(engine.cfg.resolve_path(cfg.spill_directory) if cfg.spill_directory else None,
-                    block_size(cfg.sort_buffer))
-        with _terminated_like_interrupted(), _collector_tuned() as settle, runs:
-            # pass 1: decode and screen in file order (times far ahead are judged in file order,
-            # before sorting); every full buffer is sorted and spilled as a run
-            buf: list[Item] = []
-            limit, count, read = cfg.sort_buffer, 0, 0
-            for batch in engine.decoder.decode_batches(_lines(files, progress)):
-                if InvalidEvent in set(map(type, batch)):
-                    engine.invalid.update(x.reason for x in batch if type(x) is InvalidEvent)
-                    batch = [x for x in batch if type(x) is not InvalidEvent]
-                buf += engine.screen_many(batch)  # type: ignore[arg-type]  # (no InvalidEvent left)
-                if read // SETTLE_EVERY != (read + len(batch)) // SETTLE_EVERY:
-                    settle()
-                read += len(batch)
-                while len(buf) >= limit:  # a run of the first `limit` (the order is a stable sort however cut)
-                    runs.spill(sorted(buf[:limit], key=_ts))  # stable: ties keep file order (and no name
-                    del buf[:limit]  # holds the run: its events are freed once written)
-                    count += limit
-            buf += engine.screen_end()
-            count += len(buf)
-            buf.sort(key=_ts)
-            ordered: Iterable[list[Item]] = [buf]
-            if runs.paths:  # pass 2: the runs merged (the last buffer too: memory is the engine's now)
-                if buf:
-                    runs.spill(buf)
-                    buf.clear()
-                ordered = runs.merged_slices()
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=count, desc="process", unit="ev", unit_scale=True, file=sys.stderr, leave=False,
-                           mininterval=0.25)
-            feed, release, n = engine.feed_events, engine.release, 0
-            try:
-                for items in ordered:  # fed in parts that end where a release is due
-                    start = 0
-                    while start < len(items):
-                        take = RELEASE_EVERY - n % RELEASE_EVERY
-                        part = items if start == 0 and len(items) <= take else items[start:start + take]
-                        start += len(part)
-                        n += len(part)
-                        out = feed(part)
-                        if out:
-                            emit(out)
-                        if bar is not None:
-                            bar.update(len(part))
-                        if n % RELEASE_EVERY == 0:
-                            emit(release(part[-1].ts))  # every later event, and so outcome, is at least this late
-                            if n % SETTLE_EVERY == 0:
-                                settle()
-            finally:
-                if bar is not None:
-                    bar.close()
+        with _terminated_like_interrupted(), _collector_tuned() as settle:
+            found = None
+            if engine.cfg.replay.in_order_window and _pristine(engine):
+                found = _in_order(engine, files, progress, settle)
+                if found is None:  # an event too late for the buffer: what was fed is forgotten
+                    engine.reset()
+            if found is None:
+                _sorted(engine, files, progress, settle, emit)
+            else:
+                emit(found)
     else:
         lines = _lines(files, progress)
         while chunk := list(islice(lines, RELEASE_EVERY)):

@@ -195,6 +195,7 @@ def test_runs_give_exactly_the_in_memory_result(events_file: Path, expected: dic
         spill(self, items)
 
     monkeypatch.setattr(Runs, "spill", counting)
+    monkeypatch.setattr(replay_module, "_in_order", lambda *args: None)  # through runs, whatever the order
     engine = Engine(_config(sort_buffer=sort_buffer))
     got = outcome_of(engine, replay(engine, [events_file], progress=False))
     assert got == expected
@@ -215,6 +216,114 @@ def test_several_files_are_one_stream(events_file: Path, tmp_path: Path) -> None
     reference = Engine(_config())
     joined = write(tmp_path / "joined.jsonl", lines[2::3] + lines[0::3] + lines[1::3])
     assert got == outcome_of(reference, sort_everything_in_memory(reference, joined))
+
+
+def nearly_in_order(lines: list[bytes], late: float = 40.0, seed: int = 7) -> list[bytes]:
+    """``lines`` reordered by event time as they would arrive, up to ``late`` seconds out of order:
+    a line without a usable time (invalid, or a clock bug's copy far ahead) stays after the one
+    before it, so the future guard and the decoder see what they saw."""
+    rng = random.Random(seed)
+    keyed, key = [], -math.inf
+    for line in lines:
+        with contextlib.suppress(msgspec.DecodeError, TypeError, KeyError, AttributeError):
+            ts = msgspec.json.decode(line)["ts"]
+            if isinstance(ts, (int, float)) and ts < T0 + 30 * DAY:
+                key = ts + rng.uniform(0, late)
+        keyed.append((key, len(keyed), line))
+    return [line for _, _, line in sorted(keyed)]
+
+
+def _path_taken(monkeypatch) -> dict[str, int]:
+    """Counts of the in-order attempts, of the engine resets after one gave up, and of runs written."""
+    taken = {"in_order": 0, "reset": 0, "runs": 0}
+    in_order, reset, spill = replay_module._in_order, Engine.reset, Runs.spill
+
+    def counting_in_order(*args):
+        taken["in_order"] += 1
+        return in_order(*args)
+
+    def counting_reset(self):
+        taken["reset"] += 1
+        reset(self)
+
+    def counting_spill(self, items):
+        taken["runs"] += 1
+        spill(self, items)
+
+    monkeypatch.setattr(replay_module, "_in_order", counting_in_order)
+    monkeypatch.setattr(Engine, "reset", counting_reset)
+    monkeypatch.setattr(Runs, "spill", counting_spill)
+    return taken
+
+
+@pytest.mark.parametrize("window", [400, 2500])
+def test_input_in_order_within_the_window_is_fed_as_it_is_read(tmp_path: Path, monkeypatch, window: int) -> None:
+    """Events at most 40 s (some 200 events) late, with ties, duplicates, invalid lines, held and
+    rejected far-ahead times and submissions: no run, no reset, and exactly the in-memory sort."""
+    path = write(tmp_path / "events.jsonl", nearly_in_order(stream(n=6000, seed=4)))
+    reference = Engine(_config())
+    order: list = []
+    reference.feed_event = lambda item: (order.append(item), Engine.feed_event(reference, item))[1]
+    want = outcome_of(reference, sort_everything_in_memory(reference, path))
+    assert want["alerts"] and want["invalid"]["future_timestamp"] > 100 and want["verdicts"]
+    taken = _path_taken(monkeypatch)
+    engine = Engine(_config(sort_buffer=1000, in_order_window=window))
+    fed: list = []
+    engine.feed_events = lambda items: (fed.extend(items), Engine.feed_events(engine, items))[1]
+    assert outcome_of(engine, replay(engine, [path], progress=False)) == want
+    assert taken == {"in_order": 1, "reset": 0, "runs": 0}
+    assert fed == order  # every event in the same place (not only the same results)
+    top, late = -math.inf, 0  # and the file was out of order: the kept events were merged with later ones
+    for line in path.read_bytes().splitlines():
+        with contextlib.suppress(msgspec.DecodeError, TypeError, KeyError, AttributeError):
+            ts = msgspec.json.decode(line)["ts"]
+            if isinstance(ts, (int, float)) and ts < T0 + 30 * DAY:
+                late += ts < top
+                top = max(top, ts)
+    assert late > 1000
+
+
+@pytest.mark.parametrize("where", [0.2, 0.5, 1.0])
+def test_an_event_later_than_the_window_sends_the_replay_through_runs(tmp_path: Path, monkeypatch,
+                                                                      where: float) -> None:
+    """One prediction moved ``where`` of the way through the file (2,700 events or more behind its
+    time): the in-order attempt gives up there, the engine forgets what it was fed, and runs give
+    the in-memory sort."""
+    lines = nearly_in_order(stream(n=6000, seed=5))
+    first = next(k for k, line in enumerate(lines) if line.startswith(b'{"type":"prediction"'))
+    lines.insert(max(first + 1, int(where * len(lines)) - 1), lines.pop(first))
+    path = write(tmp_path / "events.jsonl", lines)
+    reference = Engine(_config())
+    want = outcome_of(reference, sort_everything_in_memory(reference, path))
+    taken = _path_taken(monkeypatch)
+    engine = Engine(_config(sort_buffer=1000, in_order_window=500))
+    assert outcome_of(engine, replay(engine, [path], progress=False)) == want
+    assert taken["in_order"] == 1 and taken["reset"] == 1 and taken["runs"] > 10
+
+
+def test_an_engine_fed_before_is_not_reset(tmp_path: Path, monkeypatch) -> None:
+    """Replay into an engine that already holds something: straight through runs (an in-order
+    attempt that gave up would have to forget what the engine held)."""
+    path = write(tmp_path / "events.jsonl", nearly_in_order(stream(n=2000, seed=6)))
+    taken = _path_taken(monkeypatch)
+    engine = Engine(_config(sort_buffer=1000))
+    engine.feed_events([Event("prediction", "before", T0 - 10, "m", None, {"g": "a", "h": "x"}, "yes", None,
+                              None, None)])
+    replay(engine, [path], progress=False)
+    assert taken["in_order"] == 0 and taken["reset"] == 0 and taken["runs"] > 0
+    assert engine.events["prediction"] > 2000  # the one fed before counted too
+
+
+def test_a_reset_engine_is_a_new_one(events_file: Path) -> None:
+    cfg = _config()
+    engine = Engine(cfg)
+    engine.ordered = True
+    sort_everything_in_memory(engine, events_file)
+    engine.reset()
+    new = Engine(cfg, ordered=True)
+    assert set(vars(engine)) == set(vars(new)) and engine.ordered
+    assert outcome_of(engine, []) == outcome_of(new, [])
+    assert (engine.joiner.pending, engine.held, len(engine.slices), engine.decoder.seen_models()) == (0, 0, 0, [])
 
 
 def _typed(value):
@@ -287,6 +396,7 @@ def test_the_merge_is_a_stable_merge(tmp_path: Path, seed: int) -> None:
 
 
 def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(replay_module, "_in_order", lambda *args: None)  # through runs, whatever the order
     events = write(tmp_path / "events.jsonl", stream(n=4000, seed=2))
     spill = tmp_path / "spill"
     seen: list[list[Path]] = []
@@ -340,6 +450,8 @@ from monitor.engine import Engine
 from monitor.replay import replay
 from tests.conftest import ROOT, make_config
 from tests.test_replay_stream import CFG
+import monitor.replay
+monitor.replay._in_order = lambda *args: None  # through runs, whatever the order
 engine = Engine(make_config(**CFG, replay={"sort_buffer": 1000, "spill_directory": sys.argv[2]}))
 feed = engine.feed_events
 def slow(items):
@@ -392,17 +504,24 @@ def _peak(path: Path, **replay_settings) -> int:
         tracemalloc.stop()
 
 
-def test_memory_does_not_grow_with_the_input(tmp_path: Path) -> None:
+@pytest.mark.parametrize("runs", [True, False])
+def test_memory_does_not_grow_with_the_input(tmp_path: Path, monkeypatch, runs: bool) -> None:
     """10,000 and 40,000 events with a buffer of 1,000: the traced peak grows by less than a quarter
     (measured: a tenth, the merge's one block of 16 events per run), where holding the input would
-    make it four times as large; and sorting the 40,000 in memory takes more than twice as much."""
-    small, large = _outcomes(tmp_path / "small.jsonl", 10_000), _outcomes(tmp_path / "large.jsonl", 40_000)
+    make it four times as large; and sorting the 40,000 in memory takes more than twice as much.
+    Through runs, and read in order (the events are at most 20 late: the in-order path holds)."""
     spill = str(tmp_path / "spill")
-    replay(Engine(make_config(**CFG, replay={"sort_buffer": 1000, "spill_directory": spill})), [small],
-           progress=False)  # compile and warm every path first
-    peak_small = _peak(small, sort_buffer=1000, spill_directory=spill)
-    peak_large = _peak(large, sort_buffer=1000, spill_directory=spill)
-    in_memory = _peak(large, sort_buffer=10**9)
+    if runs:
+        monkeypatch.setattr(replay_module, "_in_order", lambda *args: None)
+        bounded, everything = {"sort_buffer": 1000, "spill_directory": spill}, {"sort_buffer": 10**9}
+    else:
+        monkeypatch.setattr(Runs, "spill", lambda *args: pytest.fail("the in-order path wrote a run"))
+        bounded, everything = {"in_order_window": 500}, {"in_order_window": 10**9}
+    small, large = _outcomes(tmp_path / "small.jsonl", 10_000), _outcomes(tmp_path / "large.jsonl", 40_000)
+    replay(Engine(make_config(**CFG, replay=bounded)), [small], progress=False)  # compile and warm every path first
+    peak_small = _peak(small, **bounded)
+    peak_large = _peak(large, **bounded)
+    in_memory = _peak(large, **everything)
     assert peak_large < 1.25 * peak_small, (peak_small, peak_large)
     assert in_memory > 2 * peak_large, (peak_large, in_memory)
 
