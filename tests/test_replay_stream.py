@@ -530,3 +530,6 @@ def test_a_buffer_too_small_to_be_useful_is_refused() -> None:
     with pytest.raises(ConfigError, match="replay.sort_buffer"):
         make_config(replay={"sort_buffer": 999})
     assert make_config().replay.sort_buffer == 200_000 and make_config().replay.spill_directory is None
+    with pytest.raises(ConfigError, match="replay.in_order_window"):
+        make_config(replay={"in_order_window": -1})
+    assert make_config().replay.in_order_window == 4096
