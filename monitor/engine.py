@@ -162,6 +162,12 @@ class Engine:
                      np.zeros((_OUT_CAPACITY, 3), np.float64))
 
     # ---- setup -------------------------------------------------------------------------------
+    @property
+    def is_new(self) -> bool:
+        """Nothing has been fed to it yet, so :meth:`reset` would lose nothing."""
+        return not (self.events or self.invalid or self.outcomes or self.joiner.pending or self._held
+                    or self._held_subs or self.future.seen or self.active)
+
     def reset(self) -> None:
         """Back to a new engine's state, with the same settings (replay's in-order attempt gave up)."""
         Engine.__init__(self, self.cfg, self.baselines, self.ordered, self.future.wall_clock)

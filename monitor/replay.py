@@ -17,8 +17,8 @@ events are sorted by event time and spilled to a temporary file as a *run* (msgp
 :data:`BLOCK` events, by columns: :class:`Runs`), and at the end the runs are merged (stable: a
 tie goes to the earlier run, so the order is exactly that of a stable sort of the whole input in
 memory, however the runs were cut). The merge hands on the longest stretch of one run that
-precedes every other run's next item, so runs that do not overlap in event time (input already
-in order, as files nearly always are) go through a block at a time, with nothing compared per
+precedes every other run's next item, so runs that do not overlap in event time (input in order
+but for an event later than the window) go through a block at a time, with nothing compared per
 event. Input that fits in one buffer is sorted in memory and writes no file. The merge holds one
 block per run, and at most :data:`FAN_IN` runs are merged at once (more are first merged into
 longer runs, in levels), so neither memory nor open files grow with the input; the runs take
@@ -414,12 +414,6 @@ class _Feeder:
                     self.settle()
 
 
-def _pristine(engine: Engine) -> bool:
-    """Nothing has been fed to ``engine`` yet (so :meth:`Engine.reset` loses nothing)."""
-    return not (engine.events or engine.invalid or engine.outcomes or engine.joiner.pending or engine.held
-                or engine.held_submissions or engine.future.seen or engine.active)
-
-
 def _in_order(engine: Engine, files: list[Path], progress: bool, settle: Callable[[], None]) -> list[Alert] | None:
     """Both passes at once, for input in event-time order up to a bounded lateness (files nearly
     always are): the alerts, or None as soon as an event comes too late, having fed ``engine``
@@ -531,7 +525,7 @@ def replay(engine: Engine, paths: list[str | os.PathLike[str]], on_alert: Callab
         engine.ordered = True  # outcomes reach the detectors in (ts, id) order, like the daemon's
         with _terminated_like_interrupted(), _collector_tuned() as settle:
             found = None
-            if engine.cfg.replay.in_order_window and _pristine(engine):
+            if engine.cfg.replay.in_order_window and engine.is_new:
                 found = _in_order(engine, files, progress, settle)
                 if found is None:  # an event too late for the buffer: what was fed is forgotten
                     engine.reset()

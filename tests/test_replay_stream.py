@@ -318,9 +318,12 @@ def test_a_reset_engine_is_a_new_one(events_file: Path) -> None:
     cfg = _config()
     engine = Engine(cfg)
     engine.ordered = True
+    assert engine.is_new
     sort_everything_in_memory(engine, events_file)
+    assert not engine.is_new
     engine.reset()
     new = Engine(cfg, ordered=True)
+    assert engine.is_new
     assert set(vars(engine)) == set(vars(new)) and engine.ordered
     assert outcome_of(engine, []) == outcome_of(new, [])
     assert (engine.joiner.pending, engine.held, len(engine.slices), engine.decoder.seen_models()) == (0, 0, 0, [])

@@ -198,6 +198,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of (bare consumer, daemon, daemon without read-ahead), taking turns")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     broker = start_broker()
     try:
         preds, fbs = broker.create_topics(4, "predictions", "feedback")
