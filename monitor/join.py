@@ -495,11 +495,13 @@ class Joiner:
                 freed = list(map(slots.pop, _DECODE_IDS(arrays["removed"].data)))
             except KeyError as exc:
                 raise broken(f"removes {exc.args[0]!r}, which the state before it does not hold") from None
-            deque(map(values.__setitem__, freed, repeat(None)), maxlen=0)  # each slot's value: None
+            for column in (ids, values):  # each freed slot's id and value: None
+                deque(map(column.__setitem__, freed, repeat(None)), maxlen=0)
             new_ids = _DECODE_IDS(arrays["ids"].data)
             new_values = _DECODE_VALUES(arrays["values"].data)
             m = len(new_ids)
             slots.update(zip(new_ids, range(total, total + m)))
+            ids.extend(new_ids)
             values.extend(new_values)
             times.append(arrays["ts"])
             codes.append(arrays["code"])
@@ -517,8 +519,9 @@ class Joiner:
             if len(done) != data["n_done"]:
                 raise broken("joined ids")
         all_codes = np.concatenate(codes).astype(np.uint32, copy=False)
-        live = np.fromiter(slots.values(), dtype=np.intp, count=len(slots))
-        if len(live) and int(all_codes[live].max()) >= len(contexts):
+        # (every code in a chain is below its context count: the table only grows within a chain,
+        # a compacted one starts a new full state)
+        if len(all_codes) and int(all_codes.max()) >= len(contexts):
             raise broken("context codes")
         self._slot = slots
         self._ts = array("d")
@@ -526,9 +529,7 @@ class Joiner:
         typecode = _U16 if len(contexts) <= 1 << 16 else _U32
         self._code = array(typecode, all_codes.astype(typecode).tobytes())
         self._val = values
-        id_of = np.empty(total, dtype=object)  # None where an entry was removed
-        id_of[live] = list(slots)
-        self._ids, self._head = id_of.tolist(), 0
+        self._ids, self._head = ids, 0  # type: ignore[assignment]  # (None where an entry was removed)
         if total > 2 * len(slots) + _SLOT_SLACK:
             self._compact()
         self._set_contexts(contexts)

@@ -262,6 +262,7 @@ def test_checkpointed_joins_continue_like_the_uninterrupted_one() -> None:
                 current = Joiner(30.0, 300)
                 current.restore(chain)
                 assert current.contents() == whole_contents_at(stream[:i + 1], 30.0, 300)
+                assert _queued(current) == list(current._slot)  # slot → id, None where removed
     assert got == expected
     assert current.contents() == whole.contents()
 
@@ -336,6 +337,20 @@ def test_a_delta_only_restores_on_the_state_it_continues() -> None:
         Joiner(100.0, 1000).restore([full, first, second, third])
     fresh = Joiner(100.0, 1000)
     fresh.restore([full, first, second, again, third])  # anything before the last full state is ignored
+    assert fresh.contents() == j.contents()
+
+
+def test_a_chain_whose_codes_name_no_context_is_refused() -> None:
+    j = Joiner(100.0, 1000)
+    j.add(pred("a", 1))
+    full = j.state()
+    j.add(pred("b", 2, request="q"))
+    data, arrays = j.state(delta=True)
+    damaged = {**arrays, "code": arrays["code"] + 5}
+    with pytest.raises(ValueError, match="context codes"):
+        Joiner(100.0, 1000).restore([full, (data, damaged)])
+    fresh = Joiner(100.0, 1000)
+    fresh.restore([full, (data, arrays)])
     assert fresh.contents() == j.contents()
 
 
