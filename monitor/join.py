@@ -471,7 +471,7 @@ class Joiner:
             return ValueError(f"inconsistent join state in a checkpoint chain ({what}); restore the previous checkpoint")
 
         data, arrays = chain[0]
-        ids = _DECODE_IDS(arrays["ids"].data)
+        ids = _DECODE_IDS(arrays["ids"].data)  # by slot (None, below, where a delta removed the entry)
         slots = dict(zip(ids, range(len(ids))))
         values = _DECODE_VALUES(arrays["values"].data)
         times, codes = [arrays["ts"]], [arrays["code"]]
@@ -495,7 +495,8 @@ class Joiner:
                 freed = list(map(slots.pop, _DECODE_IDS(arrays["removed"].data)))
             except KeyError as exc:
                 raise broken(f"removes {exc.args[0]!r}, which the state before it does not hold") from None
-            for column in (ids, values):  # each freed slot's id and value: None
+            columns: tuple[list[Any], ...] = (ids, values)
+            for column in columns:  # each freed slot's id and value: None
                 deque(map(column.__setitem__, freed, repeat(None)), maxlen=0)
             new_ids = _DECODE_IDS(arrays["ids"].data)
             new_values = _DECODE_VALUES(arrays["values"].data)
@@ -529,7 +530,7 @@ class Joiner:
         typecode = _U16 if len(contexts) <= 1 << 16 else _U32
         self._code = array(typecode, all_codes.astype(typecode).tobytes())
         self._val = values
-        self._ids, self._head = ids, 0  # type: ignore[assignment]  # (None where an entry was removed)
+        self._ids, self._head = ids, 0  # type: ignore[assignment]  # (list[str | None] is invariant)
         if total > 2 * len(slots) + _SLOT_SLACK:
             self._compact()
         self._set_contexts(contexts)
