@@ -31,8 +31,11 @@ test: $(VENV)/.installed tools
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
-bench: $(VENV)/.installed
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	touch $@
+
+bench: $(VENV)/.installed $(VENV)/.bench-installed
 	$(BIN)/lastmile bench
 	$(BIN)/python -m tests.bench.statistics
 
