@@ -14,6 +14,15 @@ record it had not handed over. So the daemon sees what a consumer in its own pro
 given it: the same records of each partition, in order, from the same positions. A rebalance
 during a read-ahead is reported with the records of that poll, which the daemon discards.
 
+Each poll's reply also carries the assignment and each assigned partition's high watermark as the
+child knows them when it answers; :meth:`ReadAheadConsumer.assignment` and
+:meth:`ReadAheadConsumer.highwater` return those. So the questions the daemon asks after every
+batch (for its event-time horizon) never wait for the read-ahead in progress: asked of the child,
+each waited for the fetch under way to end, and the two processes took turns instead of
+overlapping (the daemon spent half its time waiting). Neither value needs the network: kafka-python
+answers both from what its last fetch and rebalance left, so they are what the daemon's own
+consumer would have answered at that poll.
+
 The child ignores SIGINT and SIGTERM: the daemon handles them and still needs the consumer to
 commit before it exits. It ends when told to close, or when the daemon's end of the pipe closes
 (the daemon exited or was killed), without committing anything.
@@ -34,7 +43,7 @@ from typing import Any, NamedTuple
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 
 #: what the child fetches ahead waits at most this long for records: a request the daemon makes
-#: meanwhile (highwater, commit, ...) is answered after it
+#: meanwhile (commit, seek, end_offsets, ...) is answered after it
 _AHEAD_TIMEOUT_MS = 100
 #: the daemon is gone: leaving its group may take this long (it can wait for a join in progress)
 _ORPHAN_CLOSE_MS = 3000
@@ -147,7 +156,9 @@ def _serve(conn: Connection, config: dict[str, Any]) -> None:  # pragma: no cove
             try:
                 if name == "poll":
                     records = ahead if ahead is not None else _columns(consumer.poll(**kwargs))
-                    result: Any = (changes.changed, records)
+                    assigned = consumer.assignment()
+                    marks = [(tp.topic, tp.partition, consumer.highwater(tp)) for tp in assigned]
+                    result: Any = (changes.changed, records, marks)
                     changes.changed, ahead = False, None
                     reading_ahead, ahead_max = bool(records), kwargs.get("max_records")
                 elif name == "close":
@@ -184,6 +195,7 @@ class ReadAheadConsumer:
                                              pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         self._conn = Connection(ours.detach())
         self._listener: Any = None
+        self._highwater: dict[Any, int | None] = {}  # assigned partition → its high watermark, as of the last poll
         self._closed = False
         try:
             self._conn.send(config)
@@ -225,7 +237,8 @@ class ReadAheadConsumer:
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Record]]:
         from kafka import TopicPartition
 
-        changed, records = self._call("poll", timeout_ms=timeout_ms, max_records=max_records)
+        changed, records, marks = self._call("poll", timeout_ms=timeout_ms, max_records=max_records)
+        self._highwater = {TopicPartition(topic, partition): high for topic, partition, high in marks}
         if changed and self._listener is not None:
             assigned = self.assignment()
             self._listener.on_partitions_assigned(assigned)
@@ -234,7 +247,8 @@ class ReadAheadConsumer:
                 for topic, partition, items in records}
 
     def assignment(self) -> set[Any]:
-        return self._call("assignment")  # type: ignore[no-any-return]
+        """The partitions assigned as of the last poll (see the module docstring)."""
+        return set(self._highwater)
 
     def committed(self, tp: Any) -> int | None:
         return self._call("committed", tp)  # type: ignore[no-any-return]
@@ -255,7 +269,8 @@ class ReadAheadConsumer:
         self._call("resume", *tps)
 
     def highwater(self, tp: Any) -> int | None:
-        return self._call("highwater", tp)  # type: ignore[no-any-return]
+        """As of the last poll (see the module docstring); None for a partition not assigned then."""
+        return self._highwater.get(tp)
 
     def end_offsets(self, tps: list[Any], timeout_ms: int | None = None) -> dict[Any, int]:
         return self._call("end_offsets", tps, timeout_ms=timeout_ms)  # type: ignore[no-any-return]

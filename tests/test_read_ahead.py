@@ -43,6 +43,10 @@ def test_seeks_pauses_and_resumes_give_each_partition_in_order_from_where_asked(
     _fill(broker.bootstrap, topic, 3, per_partition)
     consumer = _consumer(broker.bootstrap, f"g-{topic}", kind)
     rng = random.Random(seed)
+    asked: list[str] = []  # what the daemon's side asked the child
+    if kind is ReadAheadConsumer:
+        ask = consumer._call
+        consumer._call = lambda name, *args, **kwargs: asked.append(name) or ask(name, *args, **kwargs)
     try:
         consumer.subscribe([topic])
         expected: dict[TopicPartition, int] = {}  # the next offset each partition must deliver
@@ -84,6 +88,10 @@ def test_seeks_pauses_and_resumes_give_each_partition_in_order_from_where_asked(
         assert len(seen) == 3 * per_partition, sorted((tp.partition, n) for tp, n in expected.items())
         for tp in assigned:  # (as of the last fetch response)
             assert 0 < consumer.highwater(tp) <= per_partition
+        if kind is ReadAheadConsumer:  # answered from the last poll's reply, as the child answers now
+            assert "assignment" not in asked and "highwater" not in asked and "poll" in asked
+            assert consumer.assignment() == ask("assignment") == assigned
+            assert {tp: consumer.highwater(tp) for tp in assigned} == {tp: ask("highwater", tp) for tp in assigned}
         plain = KafkaConsumer(bootstrap_servers=broker.bootstrap)  # the broker's answer, asked in this process
         try:
             assert consumer.end_offsets(sorted(assigned), timeout_ms=5000) == plain.end_offsets(sorted(assigned))
