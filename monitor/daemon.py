@@ -341,7 +341,9 @@ class Daemon:
             return
         self._process(batch)
         now = self.clock()
-        if now - self._last_lag >= _LAG_REFRESH_S:
+        # (and at once when nothing came while partitions are paused: those still read may have
+        # caught up, and the paused ones would otherwise wait up to _LAG_REFRESH_S with data)
+        if now - self._last_lag >= _LAG_REFRESH_S or (not batch and self.paused):
             self._refresh_lag()
             self._align()
             self._last_lag = now

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+from monitor.consumer import AssignmentChanges
 from monitor.daemon import Daemon
 from tests.conftest import make_config
 
@@ -91,3 +92,41 @@ def test_only_a_daemon_that_owns_the_process_freezes_the_collector_and_it_frees_
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+class CaughtUpConsumer(FakeConsumer):
+    """Nothing left to read on the partitions not paused: every poll comes back empty."""
+
+    def __init__(self, ends: dict) -> None:
+        super().__init__()
+        self.ends, self.asked = ends, 0
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        return {}
+
+    def end_offsets(self, tps, timeout_ms=None) -> dict:
+        self.asked += 1
+        return {tp: self.ends[tp] for tp in tps}
+
+
+def test_paused_partitions_resume_as_soon_as_a_poll_finds_nothing_else_to_read(tmp_path) -> None:
+    """Realigning waits for the periodic lag refresh, except when a poll comes back empty while
+    partitions are paused: the ones still read may have caught up, and the paused ones would sit
+    with data until the next refresh (seconds of nothing read at the end of a backlog)."""
+    now = [100.0]
+    cfg = make_config(kafka={"max_event_time_skew": "1h"}, checkpoint={"directory": str(tmp_path)})
+    d = Daemon(cfg, clock=lambda: now[0])
+    slow, fast = TP("predictions", 0), TP("feedback", 0)
+    d.consumer, d.listener = CaughtUpConsumer({slow: 500, fast: 1000}), AssignmentChanges()
+    d.last_ts = {slow: 1000.0, fast: 1000.0 + 7200}
+    d.positions = {slow: 400, fast: 200}
+    d._refresh_lag()
+    d._align()
+    d._last_lag = now[0]
+    assert d.consumer.paused == {fast} and d.consumer.asked == 1
+    d.positions[slow] = 500  # the slow one was read to its end
+    now[0] += 0.5  # long before the next periodic refresh
+    d.step()
+    assert d.consumer.paused == set() and d.lag == {slow: 0, fast: 800}
+    d.step()  # nothing paused: an empty poll asks the broker nothing more
+    assert d.consumer.asked == 2
