@@ -342,8 +342,9 @@ class Daemon:
         self._process(batch)
         now = self.clock()
         # (and at once when nothing came while partitions are paused: those still read may have
-        # caught up, and the paused ones would otherwise wait up to _LAG_REFRESH_S with data)
-        if now - self._last_lag >= _LAG_REFRESH_S or (not batch and self.paused):
+        # caught up, and the paused ones would otherwise wait up to _LAG_REFRESH_S with data;
+        # not while the broker does not answer, when each try would wait for it)
+        if now - self._last_lag >= _LAG_REFRESH_S or (not batch and self.paused and self.health.broker_ok):
             self._refresh_lag()
             self._align()
             self._last_lag = now

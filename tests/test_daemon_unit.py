@@ -130,3 +130,10 @@ def test_paused_partitions_resume_as_soon_as_a_poll_finds_nothing_else_to_read(t
     assert d.consumer.paused == set() and d.lag == {slow: 0, fast: 800}
     d.step()  # nothing paused: an empty poll asks the broker nothing more
     assert d.consumer.asked == 2
+    d.consumer.paused = d.paused = {fast}
+    d.health.broker_ok = False  # the broker did not answer last time: left to the periodic refresh
+    d.step()
+    assert d.consumer.asked == 2 and d.consumer.paused == {fast}
+    now[0] += 5.0
+    d.step()
+    assert d.consumer.asked == 3 and d.consumer.paused == set()
