@@ -107,6 +107,20 @@ def _columns(batch: dict[Any, list[Any]]) -> list[tuple[str, int, list[tuple[int
             for tp, messages in batch.items() if messages]
 
 
+def _marks(consumer: KafkaConsumer) -> list[tuple[str, int, int | None]]:  # pragma: no cover - runs in the child
+    """Each assigned partition's high watermark, as (topic, partition, offset or None); one that a
+    rebalance on the IO thread revokes meanwhile is left out (the change comes with the next poll)."""
+    from kafka.errors import IllegalStateError
+
+    out = []
+    for tp in consumer.assignment():
+        try:
+            out.append((tp.topic, tp.partition, consumer.highwater(tp)))
+        except (IllegalStateError, KeyError):
+            continue
+    return out
+
+
 def _send_error(conn: Connection, exc: BaseException) -> None:  # pragma: no cover - runs in the child
     try:
         conn.send(("error", exc))
@@ -156,10 +170,11 @@ def _serve(conn: Connection, config: dict[str, Any]) -> None:  # pragma: no cove
             try:
                 if name == "poll":
                     records = ahead if ahead is not None else _columns(consumer.poll(**kwargs))
-                    assigned = consumer.assignment()
-                    marks = [(tp.topic, tp.partition, consumer.highwater(tp)) for tp in assigned]
-                    result: Any = (changes.changed, records, marks)
-                    changes.changed, ahead = False, None
+                    # the flag first: a rebalance after it is reported with the next poll, and
+                    # the assignment read after it is never older than what the flag reports
+                    changed, changes.changed = changes.changed, False
+                    result: Any = (changed, records, _marks(consumer))
+                    ahead = None
                     reading_ahead, ahead_max = bool(records), kwargs.get("max_records")
                 elif name == "close":
                     consumer.close(**kwargs)

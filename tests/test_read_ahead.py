@@ -14,9 +14,9 @@ import time
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import IllegalStateError, KafkaError
 
-from monitor.consumer import Consumer, ReadAheadConsumer
+from monitor.consumer import Consumer, ReadAheadConsumer, _marks
 from tests.kafka_harness import free_port
 
 pytestmark = pytest.mark.slow
@@ -144,3 +144,21 @@ def test_the_consumer_process_ends_when_the_daemon_is_killed(broker) -> None:
         time.sleep(0.1)
     else:
         pytest.fail("the consumer process outlived the daemon by 15 s")
+
+
+def test_a_partition_revoked_while_the_marks_are_read_is_left_out() -> None:
+    """The child reads the assignment, then each partition's high watermark, while a rebalance may
+    run on kafka-python's IO thread: a partition revoked in between is left out of the reply (the
+    change itself comes with the next poll), instead of failing the daemon's poll."""
+    kept, gone = TopicPartition("t", 0), TopicPartition("t", 1)
+
+    class Revoking:
+        def assignment(self) -> set:
+            return {kept, gone}
+
+        def highwater(self, tp: TopicPartition) -> int:
+            if tp == gone:
+                raise IllegalStateError("Partition is not assigned")
+            return 42
+
+    assert _marks(Revoking()) == [("t", 0, 42)]
