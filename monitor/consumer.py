@@ -107,7 +107,7 @@ def _columns(batch: dict[Any, list[Any]]) -> list[tuple[str, int, list[tuple[int
             for tp, messages in batch.items() if messages]
 
 
-def _marks(consumer: KafkaConsumer) -> list[tuple[str, int, int | None]]:  # pragma: no cover - runs in the child
+def _marks(consumer: KafkaConsumer) -> list[tuple[str, int, int | None]]:
     """Each assigned partition's high watermark, as (topic, partition, offset or None); one that a
     rebalance on the IO thread revokes meanwhile is left out (the change comes with the next poll)."""
     from kafka.errors import IllegalStateError
