@@ -45,6 +45,11 @@ def _config(**replay_settings):
     return make_config(**CFG, replay=replay_settings)
 
 
+def _through_runs(**replay_settings):
+    """The config with no in-order attempt (``replay.in_order_window: 0``): always sorted through runs."""
+    return _config(in_order_window=0, **replay_settings)
+
+
 def stream(n: int = 12_000, seed: int = 1) -> list[bytes]:
     """Prediction/feedback pairs (feedback up to 15 minutes late) whose slice g=c degrades half-way,
     nearly in event-time order, with: timestamps rounded to the second (ties, across pairs and
@@ -195,8 +200,7 @@ def test_runs_give_exactly_the_in_memory_result(events_file: Path, expected: dic
         spill(self, items)
 
     monkeypatch.setattr(Runs, "spill", counting)
-    monkeypatch.setattr(replay_module, "_in_order", lambda *args: None)  # through runs, whatever the order
-    engine = Engine(_config(sort_buffer=sort_buffer))
+    engine = Engine(_through_runs(sort_buffer=sort_buffer))
     got = outcome_of(engine, replay(engine, [events_file], progress=False))
     assert got == expected
     if sort_buffer > 10**6:
@@ -218,17 +222,24 @@ def test_several_files_are_one_stream(events_file: Path, tmp_path: Path) -> None
     assert got == outcome_of(reference, sort_everything_in_memory(reference, joined))
 
 
+def _usable_ts(line: bytes) -> float | None:
+    """A line's event time, unless it has none usable (invalid, or a clock bug's copy far ahead)."""
+    with contextlib.suppress(msgspec.DecodeError, TypeError, KeyError, AttributeError):
+        ts = msgspec.json.decode(line)["ts"]
+        if isinstance(ts, (int, float)) and ts < T0 + 30 * DAY:
+            return ts
+    return None
+
+
 def nearly_in_order(lines: list[bytes], late: float = 40.0, seed: int = 7) -> list[bytes]:
     """``lines`` reordered by event time as they would arrive, up to ``late`` seconds out of order:
-    a line without a usable time (invalid, or a clock bug's copy far ahead) stays after the one
-    before it, so the future guard and the decoder see what they saw."""
+    a line without a usable time stays after the one before it, so the future guard and the
+    decoder see what they saw."""
     rng = random.Random(seed)
     keyed, key = [], -math.inf
     for line in lines:
-        with contextlib.suppress(msgspec.DecodeError, TypeError, KeyError, AttributeError):
-            ts = msgspec.json.decode(line)["ts"]
-            if isinstance(ts, (int, float)) and ts < T0 + 30 * DAY:
-                key = ts + rng.uniform(0, late)
+        if (ts := _usable_ts(line)) is not None:
+            key = ts + rng.uniform(0, late)
         keyed.append((key, len(keyed), line))
     return [line for _, _, line in sorted(keyed)]
 
@@ -275,11 +286,9 @@ def test_input_in_order_within_the_window_is_fed_as_it_is_read(tmp_path: Path, m
     assert fed == order  # every event in the same place (not only the same results)
     top, late = -math.inf, 0  # and the file was out of order: the kept events were merged with later ones
     for line in path.read_bytes().splitlines():
-        with contextlib.suppress(msgspec.DecodeError, TypeError, KeyError, AttributeError):
-            ts = msgspec.json.decode(line)["ts"]
-            if isinstance(ts, (int, float)) and ts < T0 + 30 * DAY:
-                late += ts < top
-                top = max(top, ts)
+        if (ts := _usable_ts(line)) is not None:
+            late += ts < top
+            top = max(top, ts)
     assert late > 1000
 
 
@@ -398,12 +407,11 @@ def test_the_merge_is_a_stable_merge(tmp_path: Path, seed: int) -> None:
         assert back == list(heapq.merge(*runs_in, key=lambda ev: ev.ts))
 
 
-def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(replay_module, "_in_order", lambda *args: None)  # through runs, whatever the order
+def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path) -> None:
     events = write(tmp_path / "events.jsonl", stream(n=4000, seed=2))
     spill = tmp_path / "spill"
     seen: list[list[Path]] = []
-    engine = Engine(_config(sort_buffer=1000, spill_directory=str(spill)))
+    engine = Engine(_through_runs(sort_buffer=1000, spill_directory=str(spill)))
     feed = engine.feed_events
 
     def watching(items):
@@ -419,7 +427,7 @@ def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path, monkey
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == threshold  # the collector as it was
 
     # the engine raises half-way through the merge: the runs are deleted all the same
-    engine = Engine(_config(sort_buffer=1000, spill_directory=str(spill)))
+    engine = Engine(_through_runs(sort_buffer=1000, spill_directory=str(spill)))
     feed = engine.feed_events
     fed = []
 
@@ -439,7 +447,7 @@ def test_runs_exist_while_replaying_and_are_deleted_after(tmp_path: Path, monkey
     assert gc.get_freeze_count() == 0
 
     # input that fits in one buffer: no file at all
-    engine = Engine(_config(spill_directory=str(spill)))
+    engine = Engine(_through_runs(spill_directory=str(spill)))
     feed = engine.feed_events
     seen.clear()
     engine.feed_events = watching  # type: ignore[method-assign]
@@ -453,9 +461,7 @@ from monitor.engine import Engine
 from monitor.replay import replay
 from tests.conftest import ROOT, make_config
 from tests.test_replay_stream import CFG
-import monitor.replay
-monitor.replay._in_order = lambda *args: None  # through runs, whatever the order
-engine = Engine(make_config(**CFG, replay={"sort_buffer": 1000, "spill_directory": sys.argv[2]}))
+engine = Engine(make_config(**CFG, replay={"sort_buffer": 1000, "spill_directory": sys.argv[2], "in_order_window": 0}))
 feed = engine.feed_events
 def slow(items):
     time.sleep(0.001 * len(items))
@@ -515,8 +521,8 @@ def test_memory_does_not_grow_with_the_input(tmp_path: Path, monkeypatch, runs: 
     Through runs, and read in order (the events are at most 20 late: the in-order path holds)."""
     spill = str(tmp_path / "spill")
     if runs:
-        monkeypatch.setattr(replay_module, "_in_order", lambda *args: None)
-        bounded, everything = {"sort_buffer": 1000, "spill_directory": spill}, {"sort_buffer": 10**9}
+        bounded = {"sort_buffer": 1000, "spill_directory": spill, "in_order_window": 0}
+        everything = {"sort_buffer": 10**9, "in_order_window": 0}
     else:
         monkeypatch.setattr(Runs, "spill", lambda *args: pytest.fail("the in-order path wrote a run"))
         bounded, everything = {"in_order_window": 500}, {"in_order_window": 10**9}
