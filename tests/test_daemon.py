@@ -77,6 +77,14 @@ class DaemonProcess:
         raise AssertionError(f"timed out waiting for {what}; last pipeline: {last.get('pipeline')}; "
                              f"log: {self.log.read_text()[-3000:]}")
 
+    def wait_ready(self, timeout: float, what: str) -> None:
+        """Until /readyz answers 200 (partitions assigned, checkpoint restored, broker reachable)."""
+        deadline = time.monotonic() + timeout
+        while self.get("/readyz")[0] != 200:
+            assert self.proc is not None and self.proc.poll() is None, f"daemon exited: {self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not ready {what}: {self.log.read_text()[-3000:]}"
+            time.sleep(0.2)
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
@@ -166,10 +174,7 @@ def test_kill_minus_9_at_random_points_loses_nothing_and_counts_nothing_twice(br
             produced_rest = True
         # partitions assigned first: a member killed while it joins the group (its checkpoint already
         # past the next target) left tansu's group never rebalancing again (3 runs in 5 on a fast day)
-        deadline = time.monotonic() + 60
-        while daemon.get("/readyz")[0] != 200:
-            assert time.monotonic() < deadline, f"not ready before kill {i + 1}: {daemon.log.read_text()[-3000:]}"
-            time.sleep(0.2)
+        daemon.wait_ready(60, f"before kill {i + 1}")
         daemon.wait(lambda b, t=target: b["pipeline"]["outcomes"] >= t, 180, f"{target} outcomes before kill {i + 1}")
         time.sleep(rng.random() * 0.5)  # anywhere: mid-batch, mid-checkpoint, mid-commit
         daemon.kill9()
@@ -214,10 +219,7 @@ def test_broker_outage_not_ready_then_recovers_by_itself(broker, tmp_path) -> No
     produce(broker.bootstrap, topics, lines[half:])
     body = daemon.wait(lambda b: b["pipeline"]["outcomes"] == expected["pipeline"]["outcomes"], 180, "recovery")
     assert numbers(body) == numbers(expected)
-    deadline = time.monotonic() + 30
-    while daemon.get("/readyz")[0] != 200 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert daemon.get("/readyz")[0] == 200
+    daemon.wait_ready(30, "after the outage")
     assert daemon.terminate() == 0
 
 
@@ -299,9 +301,7 @@ def test_a_submission_through_the_api_gets_its_verdict_and_keeps_it_after_kill_9
                        "LM_TOKENS": f"submitters: [{{name: org-x, token: {token}, models: [asr-en]}}]",
                        "LM_TOKEN": token, "LASTMILE__SUBMISSIONS__BURST": "14"})
     daemon.start()
-    deadline = time.monotonic() + 60
-    while daemon.get("/readyz")[0] != 200 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    daemon.wait_ready(60, "to take submissions")
     url = f"http://127.0.0.1:{daemon.port}"
     os.environ["LM_TOKEN"] = token
     try:
